@@ -1,0 +1,161 @@
+"""``icmh``: encode / decode / inspect layer files, train and export codecs, run benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+def _read_image(path: str):
+    import cv2
+
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _codec(args: argparse.Namespace, with_residual: bool):
+    from .codec.api import ScalableCodec
+
+    return ScalableCodec.from_weights(args.weights, mode=args.mode, with_residual=with_residual)
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    codec = _codec(args, with_residual=args.residual is not None)
+    image = _read_image(args.image)
+    base = codec.encode_base(image, args.rate)
+    Path(args.base).write_bytes(base.data)
+    pixels = image.shape[0] * image.shape[1]
+    report = {"base_bytes": len(base.data), "base_bpp": round(8 * len(base.data) / pixels, 4)}
+    if args.residual is not None:
+        residual = codec.encode_residual(image, base, args.residual_rate if args.residual_rate is not None else args.rate)
+        Path(args.residual).write_bytes(residual)
+        report |= {"residual_bytes": len(residual), "residual_bpp": round(8 * len(residual) / pixels, 4)}
+    print(json.dumps(report))
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    import cv2
+
+    from .codec.bitstream import LayerKind, unpack
+
+    residual = Path(args.residual).read_bytes() if args.residual else None
+    mode = args.mode
+    if residual is not None:
+        mode = "fr" if unpack(residual)[0].kind == LayerKind.FR_RESIDUAL else "pr"
+    args.mode = mode
+    codec = _codec(args, with_residual=residual is not None)
+    base = Path(args.base).read_bytes()
+    image = codec.decode_machine(base) if residual is None else codec.decode_human(base, residual)
+    if not cv2.imwrite(args.output, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"cannot write {args.output}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .codec.api import inspect
+
+    print(json.dumps(inspect(Path(args.file).read_bytes()), indent=2))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.trainer import Trainer, TrainConfig
+
+    kind = args.mode if args.layer == "residual" else args.layer
+    cfg = TrainConfig(
+        kind=kind, out_dir=Path(args.out), shared_dir=Path(args.shared),
+        base_weights=Path(args.base_weights) if args.base_weights else None,
+        mask_provider=args.masks, detector=Path(args.detector) if args.detector else None,
+        sam_checkpoint=Path(args.sam_checkpoint) if args.sam_checkpoint else None,
+        lambda_min=args.lambda_min, lambda_max=args.lambda_max, steps=args.steps, batch=args.batch,
+        crop=args.crop, lr=args.lr, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
+        validate_every=args.validate_every, max_minutes=args.max_minutes,
+        init_from=Path(args.init_from) if args.init_from else None, architecture=args.architecture,
+    )
+    Trainer(cfg).run()
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .codec.weights import export_weights
+
+    extra = json.loads(Path(args.manifest).read_text()) if args.manifest else {}
+    print(json.dumps(export_weights(args.checkpoint, args.output, extra), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="icmh", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def codec_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--weights", help="folder with sa-icm.pt / pr-icmh.pt / fr-icmh.pt (default: shipped)")
+        sp.add_argument("--mode", choices=("pr", "fr"), default="pr", help="residual layer kind")
+
+    e = sub.add_parser("encode", help="code an image into a base layer and optionally a residual layer")
+    e.add_argument("image")
+    e.add_argument("--base", required=True, help="output base-layer file")
+    e.add_argument("--residual", help="output residual-layer file")
+    e.add_argument("--rate", type=float, default=0.5, help="R in [0,1]: 0 smallest stream, 1 best quality")
+    e.add_argument("--residual-rate", type=float, help="rate of the residual layer (default: --rate)")
+    codec_flags(e)
+    e.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("decode", help="decode the machine image (base) or the human image (base + residual)")
+    d.add_argument("--base", required=True)
+    d.add_argument("--residual")
+    d.add_argument("-o", "--output", required=True)
+    codec_flags(d)
+    d.set_defaults(func=cmd_decode)
+
+    i = sub.add_parser("info", help="print the header fields of a layer file")
+    i.add_argument("file")
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train a codec (resumes from OUT/last.pt)")
+    t.add_argument("layer", choices=("base", "residual", "single"))
+    t.add_argument("--mode", choices=("pr", "fr"), default="pr")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, log.csv, val.csv, curves.png)")
+    t.add_argument("--shared", default=str(DEFAULT_SHARED), help="folder with data/ (../shared)")
+    t.add_argument("--base-weights", help="frozen SA-ICM weights or checkpoint (residual training)")
+    t.add_argument("--masks", default="boxes", choices=("boxes", "edges", "boxes+edges", "sam"))
+    t.add_argument("--detector", help="YOLO checkpoint for box masks of unlabelled images")
+    t.add_argument("--sam-checkpoint", help="Segment Anything checkpoint (--masks sam)")
+    t.add_argument("--architecture", help="registered architecture (default per layer)")
+    t.add_argument("--lambda-min", type=float)
+    t.add_argument("--lambda-max", type=float)
+    t.add_argument("--steps", type=int, default=100_000)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--crop", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    t.add_argument("--validate-every", type=int, default=1000)
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--init-from", help="warm start from another checkpoint (matching tensors)")
+    t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="write compact fp16 weights + manifest from a checkpoint")
+    x.add_argument("checkpoint")
+    x.add_argument("output")
+    x.add_argument("--manifest", help="JSON file with extra manifest fields (data, lambdas, figures)")
+    x.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .codec.bitstream import BitstreamError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (BitstreamError, ValueError, FileNotFoundError, OSError) as exc:
+        print(f"icmh: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Learned codecs of the scalable system, composed from CompressAI latent codecs.
+
+* ``ImageCodec``: g_a -> gain -> hyperprior + channel-wise autoregressive
+  Gaussian model over ``num_slices`` slices -> inverse gain -> g_s. With the
+  masked loss of SA-ICM (Shindo et al., ICIP 2024, Eq. (1) of Tatsumi et al.)
+  it is the machine-oriented base layer; trained on the pixel residual
+  ``x_d = x - x̂_m`` it is the PR-ICMH human layer (Tatsumi et al., Sec. III-C,
+  Eq. (6)); trained with plain MSE it is the single-layer reference.
+* ``FeatureResidualCodec``: FR-ICMH (Tatsumi et al., Sec. III-B). Its analysis
+  transform gives ``y``; the first ``coded_slices`` slices of ``ya = y - ŷm``
+  are coded (Eq. (2)); the decoder fuses ``ŷ_k = ŷm_k + ŷa_k`` for k <= N_a and
+  ``ŷ_k = ŷm_k`` otherwise (Eqs. (3)-(4)) before its own synthesis transform.
+
+``forward`` (training, likelihoods), ``compress`` and ``decompress`` share the
+same shapes, as in CompressAI. Rates are selected per sample by the rate index
+``q`` (see :mod:`shared.codec.rate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from compressai.latent_codecs import (
+    ChannelGroupsLatentCodec,
+    GaussianConditionalLatentCodec,
+    HyperLatentCodec,
+    HyperpriorLatentCodec,
+)
+from compressai.models import CompressionModel
+from torch import Tensor
+
+from .rate import GainUnit
+from .transforms import (
+    analysis_transform,
+    channel_context,
+    entropy_parameters,
+    hyper_analysis,
+    hyper_synthesis,
+    synthesis_transform,
+)
+
+#: spatial alignment needed by g_a (x16) and h_a (x4)
+ALIGNMENT = 64
+
+
+class SliceLatentCodec(ChannelGroupsLatentCodec):
+    """CompressAI's channel-groups codec, decoding from per-slice ``(H, W)`` shapes.
+
+    CompressAI 1.2.8 sums ``shape[k][0]`` to size the output, which fits codecs that
+    report ``(C, H, W)`` but not ``GaussianConditionalLatentCodec`` (``(H, W)``).
+    """
+
+    def decompress(
+        self, strings: list[list[bytes]], shape: list[tuple[int, int]], side_params: Tensor, **kwargs: Any
+    ) -> dict[str, Any]:
+        n = len(strings[0])
+        y_hat = side_params.new_zeros((n, sum(self.groups), *shape[0]))
+        y_hat_ = y_hat.split(self.groups, dim=1)
+        for k in range(len(self.groups)):
+            params = self._get_ctx_params(k, side_params, y_hat_)
+            out = self.latent_codec[f"y{k}"].decompress([strings[k]], shape[k], params)
+            y_hat_[k][:] = out["y_hat"]
+        return {"y_hat": y_hat}
+
+
+class ChannelARCodec(CompressionModel):
+    """Transforms + gain + hyperprior/channel-wise AR latent codec (Minnen & Singh 2020)."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        width: int = 48,
+        latent: int = 160,
+        num_slices: int = 5,
+        coded_slices: int | None = None,
+        hyper: int = 64,
+        side: int = 128,
+        context: int = 64,
+        levels: int = 6,
+    ) -> None:
+        super().__init__()
+        coded = coded_slices or num_slices
+        if latent % num_slices or not 1 <= coded <= num_slices:
+            raise ValueError("latent must split into num_slices; 1 <= coded_slices <= num_slices")
+        self.slice_channels = latent // num_slices
+        self.num_slices = num_slices
+        self.coded_slices = coded
+        self.coded_channels = self.slice_channels * coded
+        s = self.slice_channels
+        self.g_a = analysis_transform(in_channels, width, self.coded_channels)
+        self.g_s = synthesis_transform(latent, width, out_channels)
+        self.gain = GainUnit(self.coded_channels, levels)
+        hyper_codec = HyperLatentCodec(
+            EntropyBottleneck(hyper),
+            hyper_analysis(self.coded_channels, hyper),
+            hyper_synthesis(hyper, side),
+        )
+        slices = SliceLatentCodec(
+            groups=[s] * coded,
+            channel_context={f"y{k}": channel_context(k * s, context) for k in range(1, coded)},
+            latent_codec={
+                f"y{k}": GaussianConditionalLatentCodec(
+                    entropy_parameters=entropy_parameters(side + (context if k else 0), s),
+                    quantizer="ste",
+                )
+                for k in range(coded)
+            },
+        )
+        self.latent_codec = HyperpriorLatentCodec(latent_codec={"hyper": hyper_codec, "y": slices})
+
+    # -- coding of the (gained) latent -------------------------------------------------
+    def _code_forward(self, y: Tensor, q: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.latent_codec(self.gain.scale(y, q))
+        return self.gain.unscale(out["y_hat"], q), out["likelihoods"]
+
+    def _code_compress(self, y: Tensor, q: Tensor) -> dict[str, Any]:
+        out = self.latent_codec.compress(self.gain.scale(y, q))
+        out["y_hat"] = self.gain.unscale(out["y_hat"], q)
+        return out
+
+    def _code_decompress(self, strings: list[list[bytes]], shape: dict, q: Tensor) -> Tensor:
+        y_hat = self.latent_codec.decompress(strings, shape)["y_hat"]
+        return self.gain.unscale(y_hat, q)
+
+    def decoder_shape(self, height: int, width: int) -> dict[str, Any]:
+        """The ``shape`` argument of :meth:`decompress` for a padded frame."""
+        if height % ALIGNMENT or width % ALIGNMENT:
+            raise ValueError(f"padded size must be a multiple of {ALIGNMENT}")
+        y = (height // 16, width // 16)
+        return {"y": [y] * self.coded_slices, "hyper": (height // 64, width // 64)}
+
+    def num_strings(self) -> int:
+        return self.coded_slices + 1
+
+
+class ImageCodec(ChannelARCodec):
+    """Codes an image (or a pixel residual) on its own: base, PR residual, single layer."""
+
+    def forward(self, x: Tensor, q: Tensor) -> dict[str, Any]:
+        y_hat, likelihoods = self._code_forward(self.g_a(x), q)
+        return {"x_hat": self.g_s(y_hat), "y_hat": y_hat, "likelihoods": likelihoods}
+
+    def compress(self, x: Tensor, q: Tensor) -> dict[str, Any]:
+        out = self._code_compress(self.g_a(x), q)
+        return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
+
+    def decompress(self, strings: list[list[bytes]], shape: dict, q: Tensor) -> dict[str, Any]:
+        y_hat = self._code_decompress(strings, shape, q)
+        return {"x_hat": self.g_s(y_hat), "y_hat": y_hat}
+
+
+class FeatureResidualCodec(ChannelARCodec):
+    """FR-ICMH: codes ``ya_k = y_k - ŷm_k`` for the first ``coded_slices`` slices."""
+
+    def _fuse(self, ym_hat: Tensor, ya_hat: Tensor) -> Tensor:
+        """Eqs. (3)-(4) of Tatsumi et al.: add the residual to the first N_a base slices."""
+        n = self.coded_channels
+        return torch.cat([ym_hat[:, :n] + ya_hat, ym_hat[:, n:]], dim=1)
+
+    def _residual(self, x: Tensor, ym_hat: Tensor) -> Tensor:
+        """Eq. (2): feature residual between this codec's analysis and the base latent."""
+        return self.g_a(x) - ym_hat[:, : self.coded_channels]
+
+    def forward(self, x: Tensor, q: Tensor, ym_hat: Tensor) -> dict[str, Any]:
+        ya_hat, likelihoods = self._code_forward(self._residual(x, ym_hat), q)
+        x_hat = self.g_s(self._fuse(ym_hat, ya_hat))
+        return {"x_hat": x_hat, "y_hat": ya_hat, "likelihoods": likelihoods}
+
+    def compress(self, x: Tensor, q: Tensor, ym_hat: Tensor) -> dict[str, Any]:
+        out = self._code_compress(self._residual(x, ym_hat), q)
+        return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
+
+    def decompress(
+        self, strings: list[list[bytes]], shape: dict, q: Tensor, ym_hat: Tensor
+    ) -> dict[str, Any]:
+        ya_hat = self._code_decompress(strings, shape, q)
+        return {"x_hat": self.g_s(self._fuse(ym_hat, ya_hat)), "y_hat": ya_hat}
+
+
+# -- registry of named architectures ------------------------------------------------------
+MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] = {
+    # base layer: SA-ICM, N_m = 5 slices
+    "sa-icm": (ImageCodec, {"width": 48, "latent": 160, "num_slices": 5}),
+    # human layer on the pixel residual: N_a = 3 slices of the same width
+    "pr-icmh": (ImageCodec, {"width": 48, "latent": 96, "num_slices": 3}),
+    # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
+    "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
+    # single-layer reference: same architecture as the base, plain MSE
+    "single": (ImageCodec, {"width": 48, "latent": 160, "num_slices": 5}),
+    # tiny variants for tests
+    "sa-icm-tiny": (ImageCodec, {"width": 8, "latent": 40, "num_slices": 5, "hyper": 8, "side": 16, "context": 8}),
+    "pr-icmh-tiny": (ImageCodec, {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8}),
+    "fr-icmh-tiny": (
+        FeatureResidualCodec,
+        {"width": 8, "latent": 40, "num_slices": 5, "coded_slices": 3, "hyper": 8, "side": 16, "context": 8},
+    ),
+}
+
+
+def build_model(architecture: str, **overrides: Any) -> ChannelARCodec:
+    """Instantiate a registered architecture (``overrides`` replace its defaults)."""
+    try:
+        factory, defaults = MODEL_REGISTRY[architecture]
+    except KeyError:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(MODEL_REGISTRY)}") from None
+    return factory(**{**defaults, **overrides})

@@ -1,0 +1,85 @@
+"""Analysis, synthesis and hyper transforms of the channel-wise autoregressive codecs.
+
+Layout follows Minnen & Singh, "Channel-wise autoregressive entropy models for
+learned image compression" (ICIP 2020), the entropy model SA-ICM (Shindo et al.,
+ICIP 2024) and the residual codecs of Tatsumi et al. build on, scaled down to
+run on two CPU cores. Everything the decoder computes uses the exact layers of
+:mod:`shared.codec.exact`; only the encoder-side analysis transforms are plain
+float convolutions.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .exact import ExactConv2d, ExactConvTranspose2d
+
+
+def conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def exact_conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> ExactConv2d:
+    return ExactConv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def exact_deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> ExactConvTranspose2d:
+    return ExactConvTranspose2d(
+        cin, cout, kernel, stride=stride, padding=kernel // 2, output_padding=stride - 1
+    )
+
+
+def analysis_transform(in_ch: int, width: int, latent: int) -> nn.Sequential:
+    """g_a: image (or pixel residual) -> latent at 1/16 resolution."""
+    return nn.Sequential(
+        conv(in_ch, width), nn.ReLU(inplace=True),
+        conv(width, width), nn.ReLU(inplace=True),
+        conv(width, width), nn.ReLU(inplace=True),
+        conv(width, latent),
+    )
+
+
+def synthesis_transform(latent: int, width: int, out_ch: int) -> nn.Sequential:
+    """g_s: latent -> image at 16x the latent resolution (exact arithmetic)."""
+    return nn.Sequential(
+        exact_deconv(latent, width), nn.ReLU(inplace=True),
+        exact_deconv(width, width), nn.ReLU(inplace=True),
+        exact_deconv(width, width), nn.ReLU(inplace=True),
+        exact_deconv(width, out_ch),
+    )
+
+
+def hyper_analysis(latent: int, hyper: int) -> nn.Sequential:
+    """h_a: latent -> hyper-latent z at 1/64 resolution."""
+    return nn.Sequential(
+        conv(latent, hyper, 3, 1), nn.ReLU(inplace=True),
+        conv(hyper, hyper), nn.ReLU(inplace=True),
+        conv(hyper, hyper),
+    )
+
+
+def hyper_synthesis(hyper: int, side: int) -> nn.Sequential:
+    """h_s: decoded z -> side parameters for the slice entropy models (exact)."""
+    return nn.Sequential(
+        exact_deconv(hyper, hyper), nn.ReLU(inplace=True),
+        exact_deconv(hyper, side), nn.ReLU(inplace=True),
+        exact_conv(side, side),
+    )
+
+
+def channel_context(prev_channels: int, width: int) -> nn.Sequential:
+    """Features of the already decoded slices (the 'channel context' of Ch-ARM)."""
+    return nn.Sequential(
+        exact_conv(prev_channels, width), nn.ReLU(inplace=True),
+        exact_conv(width, width),
+    )
+
+
+def entropy_parameters(in_channels: int, slice_channels: int) -> nn.Sequential:
+    """1x1 network giving (scales, means) of one slice from its context."""
+    hidden = max(2 * slice_channels, in_channels // 2)
+    return nn.Sequential(
+        exact_conv(in_channels, hidden, 1), nn.ReLU(inplace=True),
+        exact_conv(hidden, hidden, 1), nn.ReLU(inplace=True),
+        exact_conv(hidden, 2 * slice_channels, 1),
+    )

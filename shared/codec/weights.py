@@ -1,0 +1,100 @@
+"""Loading and exporting codec weights (compact fp16 files with a JSON manifest).
+
+An exported file holds the architecture name, fp16 parameters and the integer
+CDF tables of the entropy models. The tables are computed once at export (from
+the fp16-rounded parameters) and loaded as they are, never recomputed, so every
+machine range-codes with the same integer tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import ChannelARCodec, build_model
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+LAYER_FILES = {"base": "sa-icm.pt", "pr": "pr-icmh.pt", "fr": "fr-icmh.pt", "single": "single.pt"}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A codec ready to code, with the identity written into every container."""
+
+    model: ChannelARCodec
+    model_id: str
+    weights_hash: bytes
+
+
+def fingerprint(model: torch.nn.Module) -> bytes:
+    """8-byte hash of a model's parameters and entropy tables (independent of file format)."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.digest()[:8]
+
+
+def prepare(model: ChannelARCodec, architecture: str) -> LoadedModel:
+    model.eval()
+    return LoadedModel(model, architecture, fingerprint(model))
+
+
+def load_model(path: str | Path) -> tuple[ChannelARCodec, dict[str, Any]]:
+    """Load an exported weights file or a training checkpoint (``last.pt``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(state["architecture"], **state.get("overrides", {}))
+    if "state_dict" in state:  # exported
+        tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in state["state_dict"].items()}
+        model.load_state_dict(tensors)
+    else:  # training checkpoint: round like an export would, then build the tables
+        model.load_state_dict(state["model"], strict=False)
+        _round_fp16(model)
+        model.update(force=True)
+    return model.eval(), {k: v for k, v in state.items() if k not in ("state_dict", "model", "optimizer", "aux_optimizer")}
+
+
+def load_layer(path: str | Path) -> LoadedModel:
+    model, meta = load_model(path)
+    return prepare(model, meta["architecture"])
+
+
+def _round_fp16(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+
+
+def export_weights(checkpoint: str | Path, out_path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write compact fp16 weights and ``<name>.json`` manifest; returns the manifest."""
+    model, meta = load_model(checkpoint)
+    state = {k: (v.half() if v.is_floating_point() and not k.endswith("scale_table") else v)
+             for k, v in model.state_dict().items()}
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"architecture": meta["architecture"], "state_dict": state}, out_path)
+    reloaded = load_layer(out_path)
+    full = {
+        "architecture": meta["architecture"],
+        "file": out_path.name,
+        "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
+        "weights_hash": reloaded.weights_hash.hex(),
+        "bytes": out_path.stat().st_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": meta.get("step"),
+        "train_minutes": round(meta.get("elapsed", 0.0) / 60, 1),
+        **manifest,
+    }
+    out_path.with_suffix(".json").write_text(json.dumps(full, indent=2) + "\n")
+    return full

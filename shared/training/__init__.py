@@ -1,0 +1,1 @@
+"""Training of the project's codecs on CPU (data, masks, loops, export)."""

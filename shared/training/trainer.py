@@ -1,0 +1,286 @@
+"""Training loops: SA-ICM base, PR-/FR-ICMH residual (base frozen) and single layer.
+
+Losses (λ·255² scaling as in CompressAI; bits per pixel of the image):
+
+* base:   R(y) + R(z) + λ·mse(x⊙m, x̂⊙m)            (SA-ICM; Tatsumi et al. Eq. (1))
+* pr:     R(yd) + R(zd) + λ·mse(x_d, x̂_d)          (PR-ICMH; Eq. (6)), x_d = x − x̂_m
+* fr:     R(ya) + R(z) + λ·mse(x, x̂)               (FR-ICMH; Eq. (5))
+* single: R(y) + R(z) + λ·mse(x, x̂)                 (single-layer reference)
+
+λ is drawn per sample through the rate index q (variable-rate training, see
+:mod:`shared.codec.rate`). Checkpoints are written atomically every
+``checkpoint_minutes`` and at the end; a run resumes from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..codec.exact import exact_arithmetic
+from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model
+from ..codec.rate import RATE_STEPS, lambda_for_index
+from .data import CropSampler, load_training_set
+from .masks import cached_masks
+
+KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh", "fr": "fr-icmh", "single": "single"}
+DEFAULT_LAMBDAS = {"base": (0.002, 0.06), "pr": (0.002, 0.05), "fr": (0.002, 0.05), "single": (0.002, 0.05)}
+
+
+@dataclass
+class TrainConfig:
+    kind: str  # base | pr | fr | single
+    out_dir: Path
+    shared_dir: Path = Path("../shared")
+    architecture: str | None = None
+    base_weights: Path | None = None  # frozen base (pr / fr)
+    mask_provider: str = "boxes"
+    detector: Path | None = None
+    sam_checkpoint: Path | None = None
+    lambda_min: float | None = None
+    lambda_max: float | None = None
+    steps: int = 100_000
+    batch: int = 16
+    crop: int = 128
+    lr: float = 2e-4
+    threads: int = 2
+    checkpoint_minutes: float = 10.0
+    validate_every: int = 500
+    max_minutes: float | None = None
+    seed: int = 0
+    init_from: Path | None = None  # warm start (matching parameters only)
+    extra: dict = field(default_factory=dict)
+
+    def lambdas(self) -> tuple[float, float]:
+        lo, hi = DEFAULT_LAMBDAS[self.kind]
+        return (self.lambda_min or lo, self.lambda_max or hi)
+
+
+def to_tensor(batch: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
+    """Per-sample rate in bits per image pixel."""
+    total = sum(torch.log(v).flatten(1).sum(1) for v in likelihoods.values())
+    return total / (-math.log(2) * num_pixels)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        self.arch = cfg.architecture or KIND_ARCHITECTURE[cfg.kind]
+        self.model = build_model(self.arch)
+        self.base: ChannelARCodec | None = None
+        if cfg.kind in ("pr", "fr"):
+            if cfg.base_weights is None:
+                raise ValueError("residual training needs --base-weights (the frozen SA-ICM)")
+            from ..codec.weights import load_model
+
+            self.base = load_model(cfg.base_weights)[0].eval()
+            for p in self.base.parameters():
+                p.requires_grad_(False)
+        params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
+        aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
+        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.aux_opt = torch.optim.Adam(aux, lr=1e-3)
+        self.step = 0
+        self.elapsed = 0.0
+        self.ckpt = cfg.out_dir / "last.pt"
+        if self.ckpt.exists():
+            self._resume()
+        elif cfg.init_from is not None:
+            self._warm_start(cfg.init_from)
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.lr
+        self.log_path = cfg.out_dir / "log.csv"
+        self.val_path = cfg.out_dir / "val.csv"
+
+    # -- persistence ---------------------------------------------------------------------
+    def _resume(self) -> None:
+        state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.aux_opt.load_state_dict(state["aux_optimizer"])
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        print(f"resumed {self.ckpt} at step {self.step} ({self.elapsed / 60:.1f} min trained)")
+
+    def _warm_start(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        source = state.get("model", state)
+        own = self.model.state_dict()
+        taken = {}
+        for k, v in source.items():
+            if k in own and own[k].shape == v.shape and "_quantized_cdf" not in k and "_offset" not in k and "_cdf_length" not in k:
+                taken[k] = v.float()
+        own.update(taken)
+        nn_state = {k: v for k, v in own.items()}
+        torch.nn.Module.load_state_dict(self.model, nn_state, strict=False)
+        print(f"warm start from {path}: {len(taken)}/{len(own)} tensors")
+
+    def save(self) -> None:
+        state = {
+            "architecture": self.arch,
+            "kind": self.cfg.kind,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "aux_optimizer": self.aux_opt.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.cfg).items()},
+        }
+        tmp = self.ckpt.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt)
+
+    # -- data ----------------------------------------------------------------------------
+    def _data(self) -> tuple[CropSampler, list[np.ndarray]]:
+        cfg = self.cfg
+        train = load_training_set(cfg.shared_dir)
+        masks = None
+        if cfg.kind == "base":
+            masks = cached_masks(
+                train.samples, cfg.mask_provider, cfg.out_dir.parent / "masks",
+                detector=cfg.detector, sam_checkpoint=cfg.sam_checkpoint,
+            )
+        sampler = CropSampler([s.image for s in train.samples], masks, cfg.crop, seed=cfg.seed + self.step)
+        held = [s.image for s in load_training_set(cfg.shared_dir, held_out=True).samples[:6]]
+        print(f"{len(train)} training images, {len(held)} held-out monitoring images")
+        return sampler, held
+
+    # -- one step ------------------------------------------------------------------------
+    def losses(self, x: Tensor, mask: Tensor | None, q: Tensor) -> dict[str, Tensor]:
+        lam = lambda_for_index(q, *self.cfg.lambdas())
+        n_pixels = x.shape[2] * x.shape[3]
+        kind = self.cfg.kind
+        if kind in ("base", "single"):
+            out = self.model(x, q)
+            err = out["x_hat"] - x
+            if mask is not None:
+                err = err * mask
+            mse = err.pow(2).flatten(1).mean(1)
+        else:
+            assert self.base is not None
+            q_base = torch.randint(0, RATE_STEPS + 1, (x.shape[0],))
+            with torch.no_grad(), exact_arithmetic(False):
+                base = self.base(x, q_base)
+            if kind == "pr":
+                x_d = x - base["x_hat"].clamp(0, 1)
+                out = self.model(x_d, q)
+                mse = (out["x_hat"] - x_d).pow(2).flatten(1).mean(1)
+            else:
+                assert isinstance(self.model, FeatureResidualCodec)
+                out = self.model(x, q, base["y_hat"])
+                mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
+        bpp = bits_per_pixel(out["likelihoods"], n_pixels)
+        loss = (lam * 255**2 * mse + bpp).mean()
+        return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}
+
+    @torch.no_grad()
+    def validate(self, held: list[np.ndarray]) -> dict[str, float]:
+        """Real compress/decompress on held-out images at three rates."""
+        from ..codec.api import ScalableCodec
+        from ..codec.weights import prepare
+
+        self.model.eval()
+        self.model.update(force=True)
+        layer = prepare(self.model, self.arch)
+        if self.base is None:
+            codec = ScalableCodec(layer)
+        else:
+            codec = ScalableCodec(prepare(self.base, "sa-icm"), layer, mode=self.cfg.kind)
+        rows = {}
+        for rate in (0.0, 0.5, 1.0):
+            bpps, psnrs = [], []
+            for image in held:
+                pixels = image.shape[0] * image.shape[1]
+                if self.base is None:
+                    data = codec.encode_base(image, rate).data
+                    decoded, size = codec.decode_machine(data), len(data)
+                else:
+                    base, residual = codec.encode(image, 0.5, rate)
+                    decoded, size = codec.decode_human(base, residual), len(base) + len(residual)
+                err = np.mean((decoded.astype(np.float64) - image) ** 2)
+                bpps.append(8 * size / pixels)
+                psnrs.append(10 * math.log10(255**2 / max(err, 1e-10)))
+            rows[f"bpp@{rate}"] = round(float(np.mean(bpps)), 4)
+            rows[f"psnr@{rate}"] = round(float(np.mean(psnrs)), 3)
+        self.model.train()
+        return rows
+
+    def run(self) -> None:
+        cfg = self.cfg
+        sampler, held = self._data()
+        self.model.train()
+        from tqdm import tqdm
+
+        last_ckpt = time.monotonic()
+        start = time.monotonic()
+        stop = {"requested": False}
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+        new_log = not self.log_path.exists()
+        with open(self.log_path, "a", newline="") as fh:
+            log = csv.writer(fh)
+            if new_log:
+                log.writerow(["step", "minutes", "loss", "bpp", "psnr_or_masked_psnr", "aux", "lr"])
+            bar = tqdm(total=cfg.steps, initial=self.step, dynamic_ncols=True, mininterval=30)
+            while self.step < cfg.steps:
+                t0 = time.monotonic()
+                xs, ms = sampler.batch(cfg.batch)
+                x = to_tensor(xs)
+                mask = None if ms is None else torch.from_numpy(ms)[:, None]
+                q = torch.randint(0, RATE_STEPS + 1, (cfg.batch,))
+                out = self.losses(x, mask, q)
+                self.opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.opt.step()
+                aux = self.model.aux_loss()
+                self.aux_opt.zero_grad(set_to_none=True)
+                aux.backward()
+                self.aux_opt.step()
+                self.step += 1
+                self.elapsed += time.monotonic() - t0
+                bar.update(1)
+                if self.step % 50 == 0:
+                    psnr = -10 * math.log10(max(out["mse"].item(), 1e-10))
+                    log.writerow([self.step, f"{self.elapsed / 60:.2f}", f"{out['loss'].item():.4f}",
+                                  f"{out['bpp'].item():.4f}", f"{psnr:.2f}", f"{aux.item():.2f}", cfg.lr])
+                    fh.flush()
+                    bar.set_postfix(loss=f"{out['loss'].item():.3f}", bpp=f"{out['bpp'].item():.3f}", psnr=f"{psnr:.1f}")
+                if self.step % cfg.validate_every == 0:
+                    self._validation_row(held)
+                if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                    self.save()
+                    last_ckpt = time.monotonic()
+                if stop["requested"] or (cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60):
+                    break
+            bar.close()
+        self.save()
+        self._validation_row(held)
+
+    def _validation_row(self, held: list[np.ndarray]) -> None:
+        row = {"step": self.step, "minutes": round(self.elapsed / 60, 2), **self.validate(held)}
+        new = not self.val_path.exists()
+        with open(self.val_path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        print(json.dumps(row))
+        from .curves import plot_training_curves
+
+        plot_training_curves(self.cfg.out_dir)
