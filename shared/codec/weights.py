@@ -76,14 +76,22 @@ def _round_fp16(model: torch.nn.Module) -> None:
             p.copy_(p.half().float())
 
 
-def export_weights(checkpoint: str | Path, out_path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write compact fp16 weights and ``<name>.json`` manifest; returns the manifest."""
-    model, meta = load_model(checkpoint)
+def save_layer(model: ChannelARCodec, architecture: str, out_path: str | Path) -> Path:
+    """Write ``model`` as a compact fp16 weights file (entropy tables included)."""
+    _round_fp16(model)
+    model.update(force=True)
     state = {k: (v.half() if v.is_floating_point() and not k.endswith("scale_table") else v)
              for k, v in model.state_dict().items()}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"architecture": meta["architecture"], "state_dict": state}, out_path)
+    torch.save({"architecture": architecture, "state_dict": state}, out_path)
+    return out_path
+
+
+def export_weights(checkpoint: str | Path, out_path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write compact fp16 weights and ``<name>.json`` manifest; returns the manifest."""
+    model, meta = load_model(checkpoint)
+    out_path = save_layer(model, meta["architecture"], out_path)
     reloaded = load_layer(out_path)
     full = {
         "architecture": meta["architecture"],

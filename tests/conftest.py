@@ -1,0 +1,39 @@
+"""Shared fixtures: small randomly initialised real codecs saved as real weight files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.codec.weights import LAYER_FILES, save_layer
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+torch.set_num_threads(int(os.environ.get("ICMH_TEST_THREADS", "1")))
+
+SHARED = Path(os.environ.get("ICMH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+TINY = {"base": "sa-icm-tiny", "pr": "pr-icmh-tiny", "fr": "fr-icmh-tiny", "single": "sa-icm-tiny"}
+
+
+def make_tiny_weights(folder: Path, seed: int = 0) -> Path:
+    """Write tiny random-initialised sa-icm / pr-icmh / fr-icmh weight files into ``folder``."""
+    from shared.codec.models import build_model
+
+    torch.manual_seed(seed)
+    for layer, arch in TINY.items():
+        save_layer(build_model(arch), arch, folder / LAYER_FILES[layer])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "data").exists():
+        pytest.skip(f"../shared not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
