@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .bench.cli import add_bench_parser
+
 DEFAULT_SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
 
@@ -33,7 +35,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     pixels = image.shape[0] * image.shape[1]
     report = {"base_bytes": len(base.data), "base_bpp": round(8 * len(base.data) / pixels, 4)}
     if args.residual is not None:
-        residual = codec.encode_residual(image, base, args.residual_rate if args.residual_rate is not None else args.rate)
+        residual_rate = args.rate if args.residual_rate is None else args.residual_rate
+        residual = codec.encode_residual(image, base, residual_rate)
         Path(args.residual).write_bytes(residual)
         report |= {"residual_bytes": len(residual), "residual_bpp": round(8 * len(residual) / pixels, 4)}
     print(json.dumps(report))
@@ -63,7 +66,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training.trainer import Trainer, TrainConfig
+    from .training.trainer import TrainConfig, Trainer
 
     kind = args.mode if args.layer == "residual" else args.layer
     cfg = TrainConfig(
@@ -142,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("output")
     x.add_argument("--manifest", help="JSON file with extra manifest fields (data, lambdas, figures)")
     x.set_defaults(func=cmd_export)
+
+    add_bench_parser(sub)
     return p
 
 

@@ -3,10 +3,15 @@
 Knows nothing about gRPC: the service layers call :class:`ScalableCodec`.
 """
 
-from .api import BaseEncoding, ScalableCodec, inspect
-from .bitstream import BitstreamError, LayerKind
-from .models import MODEL_REGISTRY, build_model
-from .weights import LoadedModel, load_layer, prepare
+import warnings
+
+# CompressAI 1.2.8 calls torch.jit.script at import time, which torch >= 2.10 deprecates.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from .api import BaseEncoding, ScalableCodec, inspect  # noqa: E402
+from .bitstream import BitstreamError, LayerKind  # noqa: E402
+from .models import MODEL_REGISTRY, build_model  # noqa: E402
+from .weights import LoadedModel, load_layer, prepare  # noqa: E402
 
 __all__ = [
     "MODEL_REGISTRY",

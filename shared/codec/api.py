@@ -123,10 +123,13 @@ class ScalableCodec:
         return base.data, self.encode_residual(image, base, rate if residual_rate is None else residual_rate)
 
     # -- decoding ------------------------------------------------------------------------
-    def _parse(self, data: bytes, kinds: tuple[LayerKind, ...], layer: LoadedModel) -> tuple[LayerHeader, list[bytes]]:
+    def _parse(
+        self, data: bytes, kinds: tuple[LayerKind, ...], layer: LoadedModel
+    ) -> tuple[LayerHeader, list[bytes]]:
         header, strings = unpack(data)
         if header.kind not in kinds:
-            raise BitstreamError(f"expected a {'/'.join(k.name.lower() for k in kinds)} layer, got {header.kind.name.lower()}")
+            wanted = "/".join(k.name.lower() for k in kinds)
+            raise BitstreamError(f"expected a {wanted} layer, got {header.kind.name.lower()}")
         if header.model_id != layer.model_id or header.weights_hash != layer.weights_hash:
             raise BitstreamError(
                 f"layer was coded with {header.model_id}@{header.weights_hash.hex()}, "

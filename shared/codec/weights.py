@@ -62,7 +62,8 @@ def load_model(path: str | Path) -> tuple[ChannelARCodec, dict[str, Any]]:
         model.load_state_dict(state["model"], strict=False)
         _round_fp16(model)
         model.update(force=True)
-    return model.eval(), {k: v for k, v in state.items() if k not in ("state_dict", "model", "optimizer", "aux_optimizer")}
+    skip = ("state_dict", "model", "optimizer", "aux_optimizer")
+    return model.eval(), {k: v for k, v in state.items() if k not in skip}
 
 
 def load_layer(path: str | Path) -> LoadedModel:

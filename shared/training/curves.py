@@ -32,7 +32,8 @@ def plot_training_curves(run_dir: Path) -> Path | None:
         vsteps = [int(r["step"]) for r in val]
         for rate in ("0.0", "0.5", "1.0"):
             axes[2].plot(vsteps, [float(r[f"psnr@{rate}"]) for r in val], marker="o", label=f"R={rate}")
-            axes[1].plot(vsteps, [float(r[f"bpp@{rate}"]) for r in val], marker="o", ls="--", label=f"held-out R={rate}")
+            held_bpp = [float(r[f"bpp@{rate}"]) for r in val]
+            axes[1].plot(vsteps, held_bpp, marker="o", ls="--", label=f"held-out R={rate}")
         axes[2].set(title="held-out PSNR (real bitstreams)", xlabel="step", ylabel="dB")
         axes[2].legend()
     axes[1].legend()

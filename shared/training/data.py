@@ -100,8 +100,9 @@ class CropSampler:
     """Random crops (with horizontal flips) of images and their masks, as float batches."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray] | None, crop: int, seed: int = 0):
-        self.images = [im for im in images if min(im.shape[:2]) >= crop]
-        self.masks = None if masks is None else [m for im, m in zip(images, masks) if min(im.shape[:2]) >= crop]
+        keep = [i for i, im in enumerate(images) if min(im.shape[:2]) >= crop]
+        self.images = [images[i] for i in keep]
+        self.masks = None if masks is None else [masks[i] for i in keep]
         self.crop = crop
         self.rng = np.random.default_rng(seed)
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,14 +66,16 @@ class YoloBoxes:
 class SamBoundaries:
     """SA-ICM training mask from Segment Anything (user-supplied checkpoint)."""
 
-    def __init__(self, checkpoint: Path | None, model_type: str = "vit_b", sam_model=None, points_per_side: int = 32):
+    def __init__(
+        self, checkpoint: Path | None, model_type: str = "vit_b", sam_model: Any = None, **generator_options: Any
+    ) -> None:
         from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
         if sam_model is None:
             if checkpoint is None or not Path(checkpoint).exists():
-                raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
+                raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint} (pass --sam-checkpoint)")
             sam_model = sam_model_registry[model_type](checkpoint=str(checkpoint))
-        self.generator = SamAutomaticMaskGenerator(sam_model, points_per_side=points_per_side)
+        self.generator = SamAutomaticMaskGenerator(sam_model, **generator_options)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]

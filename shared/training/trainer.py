@@ -124,11 +124,11 @@ class Trainer:
         own = self.model.state_dict()
         taken = {}
         for k, v in source.items():
-            if k in own and own[k].shape == v.shape and "_quantized_cdf" not in k and "_offset" not in k and "_cdf_length" not in k:
+            tables = ("_quantized_cdf", "_offset", "_cdf_length")
+            if k in own and own[k].shape == v.shape and not k.endswith(tables):
                 taken[k] = v.float()
         own.update(taken)
-        nn_state = {k: v for k, v in own.items()}
-        torch.nn.Module.load_state_dict(self.model, nn_state, strict=False)
+        torch.nn.Module.load_state_dict(self.model, own, strict=False)
         print(f"warm start from {path}: {len(taken)}/{len(own)} tensors")
 
     def save(self) -> None:
@@ -257,10 +257,11 @@ class Trainer:
                 bar.update(1)
                 if self.step % 50 == 0:
                     psnr = -10 * math.log10(max(out["mse"].item(), 1e-10))
-                    log.writerow([self.step, f"{self.elapsed / 60:.2f}", f"{out['loss'].item():.4f}",
-                                  f"{out['bpp'].item():.4f}", f"{psnr:.2f}", f"{aux.item():.2f}", cfg.lr])
+                    loss, bpp = out["loss"].item(), out["bpp"].item()
+                    log.writerow([self.step, f"{self.elapsed / 60:.2f}", f"{loss:.4f}", f"{bpp:.4f}",
+                                  f"{psnr:.2f}", f"{aux.item():.2f}", cfg.lr])
                     fh.flush()
-                    bar.set_postfix(loss=f"{out['loss'].item():.3f}", bpp=f"{out['bpp'].item():.3f}", psnr=f"{psnr:.1f}")
+                    bar.set_postfix(loss=f"{loss:.3f}", bpp=f"{bpp:.3f}", psnr=f"{psnr:.1f}")
                 if self.step % cfg.validate_every == 0:
                     self._validation_row(held)
                 if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:

@@ -1,0 +1,91 @@
+"""``cloud-server``: receive base layers from edges, detect objects, serve operators and subscribers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from shared.codec.bitstream import BitstreamError
+
+DEFAULT_DETECTOR = Path(__file__).resolve().parent.parent.parent / "shared" / "models" / "yolov8n.pt"
+MIB = 1024 * 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloud-server", description=__doc__)
+    p.add_argument("--listen", default="0.0.0.0:50051", help="host:port to serve on (port 0: any free port)")
+    p.add_argument("--data-dir", type=Path, default=Path("cloud-data"), help="folder of frames.db (frame index)")
+    cams = p.add_argument_group("cameras")
+    cams.add_argument("--cameras-file", type=Path, help="JSON file of cameras and tokens (see deploy/cameras.json)")
+    cams.add_argument("--camera", action="append", default=[], metavar="ID=TOKEN",
+                      help="allow a camera (repeatable; overrides the file's token)")
+    det = p.add_argument_group("codec and detector")
+    det.add_argument("--weights", type=Path, help="codec weights folder (default: shipped)")
+    det.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR, help="YOLO checkpoint")
+    det.add_argument("--detector-imgsz", type=int, default=640, help="detector input size")
+    det.add_argument("--detector-conf", type=float, default=0.25, help="detector confidence threshold")
+    det.add_argument("--max-batch", type=int, default=8, help="frames per detector call when frames queue up")
+    det.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    out = p.add_argument_group("outputs and storage")
+    out.add_argument("--detections-jsonl", type=Path, help="append every detection result to this JSON Lines file")
+    out.add_argument("--retention-days", type=float, default=7.0, help="keep frames this long (0: forever)")
+    out.add_argument("--retention-gb", type=float, default=10.0, help="base-layer bytes kept at most (0: no limit)")
+    out.add_argument("--cache-frames", type=int, default=64, help="decoded frames kept for repeated inspection")
+    tls = p.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", type=Path, help="server certificate (enables TLS)")
+    tls.add_argument("--tls-key", type=Path, help="server key")
+    tls.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-message-mb", type=float, default=16.0, help="largest gRPC message received")
+    lim.add_argument("--max-packet-mb", type=float, default=4.0, help="largest base layer accepted")
+    lim.add_argument("--residual-timeout", type=float, default=5.0, help="seconds to wait for an edge's residual")
+    lim.add_argument("--max-workers", type=int, default=64, help="gRPC threads (one per edge stream / subscriber)")
+    p.add_argument("--metrics-port", type=int, default=9102, help="Prometheus port (0: disabled)")
+    p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from shared.service.process import configure_logging, on_termination
+
+    configure_logging(args.log_level)
+    try:
+        import torch
+
+        from .auth import CameraRegistry
+        from .server import CloudServer, CloudSettings
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        settings = CloudSettings(
+            cameras=CameraRegistry.load(args.cameras_file, args.camera), data_dir=args.data_dir,
+            detector=args.detector, listen=args.listen, weights=args.weights, detector_imgsz=args.detector_imgsz,
+            detector_confidence=args.detector_conf, max_batch=args.max_batch, detections_jsonl=args.detections_jsonl,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+            max_message_bytes=int(args.max_message_mb * MIB), max_packet_bytes=int(args.max_packet_mb * MIB),
+            residual_timeout_s=args.residual_timeout, retention_age_s=args.retention_days * 86400,
+            retention_bytes=int(args.retention_gb * 1024**3), cache_frames=args.cache_frames,
+            max_workers=args.max_workers, metrics_port=args.metrics_port,
+        )
+        server = CloudServer(settings)
+        port = server.start()
+    except (ValueError, FileNotFoundError, BitstreamError, OSError) as exc:
+        print(f"cloud-server: error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    on_termination(stop.set)
+    if args.ready_file:
+        args.ready_file.write_text(f"{port}\n")
+    stop.wait()
+    server.stop()
+    logging.getLogger("icmh.cloud").info("bye")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

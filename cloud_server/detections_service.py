@@ -1,0 +1,36 @@
+"""``icmh.v1.Detections``: live detection results, filtered per subscriber."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from shared.rpc import common_pb2, detections_pb2, detections_pb2_grpc
+
+from .metrics import CloudMetrics
+from .subscribers import ResultFilter, SubscriberHub
+
+
+class DetectionsService(detections_pb2_grpc.DetectionsServicer):
+    def __init__(self, hub: SubscriberHub, metrics: CloudMetrics) -> None:
+        self.hub, self.metrics = hub, metrics
+
+    def Subscribe(self, request: detections_pb2.SubscribeRequest,  # noqa: N802 - gRPC method name
+                  context: grpc.ServicerContext) -> Iterator[common_pb2.DetectionResult]:
+        if not 0.0 <= request.min_confidence <= 1.0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_confidence must be in [0, 1]")
+        subscription = self.hub.subscribe(ResultFilter(
+            frozenset(request.camera_ids), frozenset(request.class_names), request.min_confidence,
+        ))
+        context.add_callback(subscription.end)
+        self.metrics.subscribers.set(self.hub.count)
+        try:
+            while (result := subscription.queue.get()) is not None:
+                yield result.to_proto()
+        finally:
+            self.hub.unsubscribe(subscription)
+            self.metrics.subscribers.set(self.hub.count)
+        if subscription.overflowed:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"subscriber fell {self.hub.capacity} results behind and was dropped")

@@ -1,0 +1,37 @@
+"""Prometheus metrics of the cloud server (one registry per server)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BPP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class CloudMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.packets = Counter("icmh_cloud_packets", "Base packets by outcome", ["camera", "result"], registry=r)
+        self.camera_fps = Gauge("icmh_cloud_camera_fps", "Accepted frames per second", ["camera"], registry=r)
+        self.layer_bytes = Counter("icmh_cloud_layer_bytes", "Layer bytes received", ["camera", "layer"],
+                                   registry=r)
+        self.bpp = Histogram("icmh_cloud_bits_per_pixel", "Bits per pixel", ["camera", "layer"],
+                             buckets=BPP_BUCKETS, registry=r)
+        self.decode_seconds = Histogram("icmh_cloud_decode_seconds", "Decode latency", ["quality"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.detect_seconds = Histogram("icmh_cloud_detect_seconds", "Detector latency per batch",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("icmh_cloud_detect_batch_size", "Frames per detector batch",
+                                    buckets=(1, 2, 4, 8, 16, 32), registry=r)
+        self.end_to_end_seconds = Histogram("icmh_cloud_end_to_end_seconds", "Capture to published detections",
+                                            ["camera"], buckets=E2E_BUCKETS, registry=r)
+        self.residual_fetch_seconds = Histogram("icmh_cloud_residual_fetch_seconds", "Residual round trip to edge",
+                                                buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("icmh_cloud_errors", "Errors by kind", ["kind"], registry=r)
+        self.edges_connected = Gauge("icmh_cloud_edges_connected", "Open edge streams", registry=r)
+        self.subscribers = Gauge("icmh_cloud_subscribers", "Open detection subscriptions", registry=r)
+        self.index_frames = Gauge("icmh_cloud_index_frames", "Frames in the frame index", registry=r)
+        self.index_bytes = Gauge("icmh_cloud_index_bytes", "Base-layer bytes in the frame index", registry=r)
+        self.pending_frames = Gauge("icmh_cloud_pending_frames", "Frames waiting for the detector", registry=r)

@@ -1,0 +1,162 @@
+"""The cloud server: frame index, decoders, detector loop and the gRPC services, with start / stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared.rpc import detections_pb2, detections_pb2_grpc, edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
+from shared.service.grpc_setup import DEFAULT_MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, server_credentials, server_options
+from shared.service.process import MetricsEndpoint
+
+from .auth import CameraRegistry
+from .codecs import CloudCodecs
+from .detections_service import DetectionsService
+from .detector import YoloDetector
+from .edge_service import EdgeLinkService
+from .edge_sessions import EdgeSessions
+from .frame_index import FrameIndex
+from .jsonl_sink import JsonlSink
+from .metrics import CloudMetrics
+from .operator_service import OperatorService
+from .pipeline import DetectionPipeline
+from .subscribers import SubscriberHub
+
+log = logging.getLogger("icmh.cloud")
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in ((edge_pb2, "EdgeLink"), (operator_pb2, "Operator"), (detections_pb2, "Detections"))
+)
+
+
+@dataclass
+class CloudSettings:
+    cameras: CameraRegistry
+    data_dir: Path  # frames.db: the frame index
+    detector: Path  # YOLO checkpoint
+    listen: str = "0.0.0.0:50051"
+    weights: Path | None = None  # None: weights shipped in shared/weights
+    detector_imgsz: int = 640
+    detector_confidence: float = 0.25
+    max_batch: int = 8
+    detections_jsonl: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # require client certificates signed by it (mutual TLS)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_packet_bytes: int = 4 * 1024 * 1024
+    residual_timeout_s: float = 5.0
+    retention_age_s: float = 7 * 24 * 3600.0  # 0: keep forever
+    retention_bytes: int = 10 * 1024**3  # base-layer bytes; 0: no limit
+    maintenance_interval_s: float = 10.0
+    cache_frames: int = 64
+    max_workers: int = 64  # every edge stream and subscription holds one worker thread
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_packet_bytes > self.max_message_bytes:
+            raise ValueError("--max-packet-bytes must not exceed --max-message-bytes")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("mutual TLS (--tls-client-ca) needs --tls-cert and --tls-key")
+
+
+class CloudServer:
+    def __init__(self, settings: CloudSettings, detector: YoloDetector | None = None,
+                 codecs: CloudCodecs | None = None) -> None:
+        s = self.settings = settings
+        self.metrics = CloudMetrics()
+        self.codecs = codecs or CloudCodecs(s.weights)
+        self.detector = detector or YoloDetector(s.detector, s.detector_imgsz, s.detector_confidence)
+        self.index = FrameIndex(s.data_dir / "frames.db")
+        self.sink = JsonlSink(s.detections_jsonl) if s.detections_jsonl else None
+        self.hub = SubscriberHub()
+        self.sessions = EdgeSessions()
+        self.pipeline = DetectionPipeline(self.index, self.codecs, self.detector, self.hub, self.sink, self.metrics,
+                                          s.max_batch)
+        self.health = health.HealthServicer()
+        self.port = 0
+        self._server: grpc.Server | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        self._build_server()
+
+    def _build_server(self) -> None:
+        s = self.settings
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="grpc"),
+                             options=server_options(s.max_message_bytes, MAX_REPLY_BYTES))
+        edge_pb2_grpc.add_EdgeLinkServicer_to_server(EdgeLinkService(
+            s.cameras, self.codecs, self.index, self.sessions, self.metrics, self.pipeline.notify, s.max_packet_bytes,
+        ), server)
+        operator_pb2_grpc.add_OperatorServicer_to_server(OperatorService(
+            s.cameras, self.index, self.sessions, self.codecs, self.metrics, s.residual_timeout_s, s.cache_frames,
+        ), server)
+        detections_pb2_grpc.add_DetectionsServicer_to_server(DetectionsService(self.hub, self.metrics), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if s.tls_cert is not None and s.tls_key is not None:
+            self.port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
+        else:
+            self.port = server.add_insecure_port(s.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {s.listen}")
+        self._server = server
+
+    def start(self) -> int:
+        """Start serving; returns the bound port (useful with a ``:0`` listen address)."""
+        assert self._server is not None
+        self.pipeline.start()
+        self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, self.settings.metrics_port)
+        self._maintenance = threading.Thread(target=self._maintain, name="cloud-maintenance", daemon=True)
+        self._maintenance.start()
+        log.info("serving on port %d (%s), cameras: %s", self.port, "TLS" if self.settings.tls_cert else "plaintext",
+                 ", ".join(self.settings.cameras.ids()))
+        return self.port
+
+    def _maintain(self) -> None:
+        """Retention and gauges, every ``maintenance_interval_s``."""
+        s = self.settings
+        while True:
+            try:
+                removed = self.index.prune(s.retention_age_s, s.retention_bytes)
+                if removed:
+                    log.info("retention removed %d frames from the index", removed)
+                frames, size, waiting = self.index.usage()
+                self.metrics.index_frames.set(frames)
+                self.metrics.index_bytes.set(size)
+                self.metrics.pending_frames.set(waiting)
+            except Exception:
+                log.exception("index maintenance failed")
+                self.metrics.errors.labels("maintenance").inc()
+            if self._stop.wait(s.maintenance_interval_s):
+                return
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting calls, end the streams, finish the detector batch in progress, close the files."""
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.sessions.close_all()
+        self.hub.close()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        self.pipeline.stop()
+        if self._maintenance is not None:
+            self._maintenance.join()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
+        if self.sink is not None:
+            self.sink.close()
+        self.index.close()
+        log.info("stopped")

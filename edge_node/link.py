@@ -1,0 +1,273 @@
+"""The edge's end of the ``EdgeLink.Connect`` stream.
+
+One session = one stream: Hello, then base packets in frame-id order with at most
+``window`` unacknowledged; a frame leaves the outbox only on the cloud's ack, so after
+a reconnect every unacknowledged frame is sent again (the cloud answers DUPLICATE for
+those it already holds). Residual requests are answered on the same stream. Lost
+links are retried with exponential backoff; refusals (bad token, unknown camera,
+codec mismatch) end the link with :class:`LinkRefused`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from shared.rpc import common_pb2, edge_pb2, edge_pb2_grpc
+from shared.service.edge_config import config_from_proto
+from shared.service.grpc_setup import MAX_REPLY_BYTES, open_channel
+from shared.service.timestamps import to_timestamp
+
+from .metrics import EdgeMetrics
+from .rate_control import RateControl
+from .store import EdgeStore
+
+log = logging.getLogger("icmh.edge.link")
+
+REFUSAL_CODES = {
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}
+_ACK_NAMES = {v: k.removeprefix("STATUS_").lower() for k, v in edge_pb2.Ack.Status.items()}
+
+
+class LinkRefused(RuntimeError):
+    """The cloud refused this edge; retrying cannot help until the configuration changes."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"cloud refused the connection: {code.name}: {details}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    target: str  # host:port of the cloud server
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    window: int = 32  # base packets in flight without an ack
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+class Backoff:
+    """Exponential reconnect delays with +-20 % jitter."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        if not 0 < minimum <= maximum:
+            raise ValueError("backoff needs 0 < min <= max")
+        self.minimum, self.maximum = minimum, maximum
+        self._next = minimum
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.maximum, self._next * 2)
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self._next = self.minimum
+
+
+def apply_config(rates: RateControl, config: common_pb2.EdgeConfig) -> None:
+    """Apply the set fields of a cloud config; invalid values are logged and ignored."""
+    try:
+        fields = config_from_proto(config)
+    except ValueError as exc:
+        log.warning("ignoring config from the cloud: %s", exc)
+        return
+    if not fields:
+        return
+    now = rates.apply(**fields)
+    log.info("config from the cloud: base rate %.3f, residual rate %.3f, target %.0f kbps",
+             now.base, now.residual, now.target_kbps)
+
+
+class _Session:
+    """One stream: the messages to send and the base packets in flight."""
+
+    def __init__(self, hello: edge_pb2.Hello, store: EdgeStore, window: int, metrics: EdgeMetrics) -> None:
+        self.hello, self.store, self.window, self.metrics = hello, store, window, metrics
+        self.control: queue.SimpleQueue[edge_pb2.EdgeMessage] = queue.SimpleQueue()
+        self.wake = threading.Event()
+        self.closed = threading.Event()
+        self.welcomed = False
+        self.max_packet_bytes = 0
+        self._lock = threading.Lock()
+        self._last_sent = store.next_frame_id() - 1
+        self._in_flight: set[int] = set()
+
+    def requests(self) -> Iterator[edge_pb2.EdgeMessage]:
+        """The request stream (consumed by a gRPC thread): Hello, then answers and packets."""
+        yield edge_pb2.EdgeMessage(hello=self.hello)
+        while not self.closed.is_set():
+            try:
+                yield self.control.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            packet = self._next_packet()
+            if packet is not None:
+                yield packet
+                continue
+            self.wake.wait(0.5)
+            self.wake.clear()
+
+    def _next_packet(self) -> edge_pb2.EdgeMessage | None:
+        with self._lock:
+            if not self.welcomed or len(self._in_flight) >= self.window:
+                return None
+            while (frame := self.store.next_pending(self._last_sent)) is not None:
+                self._last_sent = frame.frame_id
+                if self.max_packet_bytes and len(frame.base) > self.max_packet_bytes:
+                    log.error("frame %d: base layer of %d bytes exceeds the cloud's limit of %d; dropped",
+                              frame.frame_id, len(frame.base), self.max_packet_bytes)
+                    self.store.acknowledge(frame.frame_id)
+                    self.metrics.frames_dropped.labels("oversized").inc()
+                    continue
+                self._in_flight.add(frame.frame_id)
+                self.metrics.frames_sent.inc()
+                return edge_pb2.EdgeMessage(base=edge_pb2.BasePacket(
+                    frame_id=frame.frame_id, capture_time=to_timestamp(frame.capture_ns), base_layer=frame.base,
+                    rate=frame.rate, residual_bytes=frame.residual_bytes,
+                ))
+        return None
+
+    def welcome(self, max_packet_bytes: int) -> None:
+        """The cloud accepted the session: base packets may flow."""
+        with self._lock:
+            self.max_packet_bytes = max_packet_bytes
+            self.welcomed = True
+        self.wake.set()
+
+    def acknowledged(self, frame_id: int) -> None:
+        with self._lock:
+            self._in_flight.discard(frame_id)
+        self.wake.set()
+
+    def send(self, message: edge_pb2.EdgeMessage) -> None:
+        self.control.put(message)
+        self.wake.set()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.wake.set()
+
+
+class CloudLink:
+    """Keeps the stream to the cloud up until stopped or refused."""
+
+    def __init__(self, settings: LinkSettings, hello: edge_pb2.Hello, store: EdgeStore, rates: RateControl,
+                 metrics: EdgeMetrics) -> None:
+        self.settings, self.hello, self.store, self.rates, self.metrics = settings, hello, store, rates, metrics
+        self.error: LinkRefused | None = None
+        self.sessions = 0  # streams that got a Welcome
+        self._session: _Session | None = None
+        self._call: grpc.Future | None = None
+
+    def notify(self) -> None:
+        """A new frame is in the outbox."""
+        session = self._session
+        if session is not None:
+            session.wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect, stream, reconnect with backoff; returns when ``stop`` is set or the cloud refuses."""
+        backoff = Backoff(self.settings.backoff_min_s, self.settings.backoff_max_s)
+        first = True
+        while not stop.is_set():
+            if not first:
+                self.metrics.reconnects.inc()
+            first = False
+            try:
+                if self._run_session(stop):
+                    backoff.reset()
+            except LinkRefused as exc:
+                self.error = exc
+                log.error("%s", exc)
+                return
+            if not stop.is_set():
+                delay = backoff.next()
+                log.info("reconnecting to %s in %.1fs", self.settings.target, delay)
+                stop.wait(delay)
+
+    def cancel(self) -> None:
+        """End the current stream (used on shutdown)."""
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _run_session(self, stop: threading.Event) -> bool:
+        s = self.settings
+        session = _Session(self.hello, self.store, s.window, self.metrics)
+        channel = open_channel(s.target, ca=s.tls_ca, cert=s.tls_cert, key=s.tls_key, server_name=s.tls_server_name,
+                               max_send_bytes=MAX_REPLY_BYTES)
+        self._session = session
+        try:
+            call = edge_pb2_grpc.EdgeLinkStub(channel).Connect(session.requests())
+            self._call = call
+            if stop.is_set():
+                call.cancel()
+            for message in call:
+                self._handle(session, message)
+            log.info("cloud ended the stream")
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in REFUSAL_CODES:
+                raise LinkRefused(code, exc.details()) from None
+            if not stop.is_set():
+                log.warning("link to %s lost: %s: %s", s.target, code.name, exc.details())
+        finally:
+            session.close()
+            self._session = self._call = None
+            self.metrics.connected.set(0)
+            channel.close()
+        return session.welcomed
+
+    def _handle(self, session: _Session, message: edge_pb2.CloudMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "welcome":
+            self._welcome(session, message.welcome)
+        elif kind == "ack":
+            self._ack(session, message.ack)
+        elif kind == "residual_request":
+            self._answer(session, message.residual_request)
+        elif kind == "config":
+            apply_config(self.rates, message.config)
+        else:
+            log.warning("ignoring unknown message from the cloud")
+
+    def _welcome(self, session: _Session, welcome: edge_pb2.Welcome) -> None:
+        if self.store.align_sequence(welcome.last_frame_id):
+            log.info("new store: frame ids continue after the cloud's last frame %d", welcome.last_frame_id)
+        apply_config(self.rates, welcome.config)
+        session.welcome(welcome.max_packet_bytes)
+        self.sessions += 1
+        self.metrics.connected.set(1)
+        log.info("connected to %s as %s (session %s; cloud holds frames up to %d)",
+                 self.settings.target, self.hello.camera_id, welcome.session_id, welcome.last_frame_id)
+
+    def _ack(self, session: _Session, ack: edge_pb2.Ack) -> None:
+        self.store.acknowledge(ack.frame_id)
+        session.acknowledged(ack.frame_id)
+        self.metrics.frames_acked.labels(_ACK_NAMES.get(ack.status, "unknown")).inc()
+        if ack.status == edge_pb2.Ack.STATUS_REJECTED:
+            self.metrics.frames_dropped.labels("rejected").inc()
+            log.warning("cloud rejected frame %d: %s", ack.frame_id, ack.reason)
+
+    def _answer(self, session: _Session, request: edge_pb2.ResidualRequest) -> None:
+        data = self.store.residual(request.frame_id)
+        status = edge_pb2.ResidualResponse.STATUS_OK if data is not None else edge_pb2.ResidualResponse.STATUS_NOT_FOUND
+        self.metrics.residual_requests.labels("ok" if data is not None else "not_found").inc()
+        session.send(edge_pb2.EdgeMessage(residual=edge_pb2.ResidualResponse(
+            request_id=request.request_id, frame_id=request.frame_id, status=status, residual_layer=data or b"",
+        )))

@@ -1,0 +1,146 @@
+"""An edge node: source, codec, store and cloud link wired together, with start / stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.codec.api import ScalableCodec
+from shared.rpc import common_pb2, edge_pb2
+from shared.service.process import MetricsEndpoint
+
+from .capture import CaptureLoop
+from .link import CloudLink, LinkRefused, LinkSettings
+from .metrics import EdgeMetrics
+from .rate_control import RateControl
+from .source import FrameSource
+from .store import EdgeStore, StoreLimits
+
+log = logging.getLogger("icmh.edge")
+VERSION = "icmh-edge/0.1.0"
+RESIDUAL_MODES = {"pr": common_pb2.RESIDUAL_MODE_PR, "fr": common_pb2.RESIDUAL_MODE_FR}
+
+
+@dataclass
+class EdgeSettings:
+    camera_id: str
+    token: str
+    source: str  # video file, URL, device index or image folder
+    data_dir: Path  # edge.db: outbox and residual store
+    link: LinkSettings
+    weights: Path | None = None  # None: weights shipped in shared/weights
+    mode: str = "pr"
+    loop: bool = False
+    fps: float = 0.0  # 0: no cap
+    max_frames: int = 0  # 0: no limit
+    size: tuple[int, int] | None = None  # (width, height) to resize to
+    base_rate: float = 0.5
+    residual_rate: float = 0.5
+    target_kbps: float = 0.0
+    limits: StoreLimits = field(default_factory=StoreLimits)
+    metrics_port: int = 0
+
+
+def make_hello(camera_id: str, token: str, codec: ScalableCodec, width: int, height: int) -> edge_pb2.Hello:
+    """The first message of a stream: who this edge is and how it codes."""
+    residual = codec.residual
+    if residual is None:
+        raise ValueError("the edge codec needs a residual model")
+    return edge_pb2.Hello(
+        camera_id=camera_id, token=token, frame_width=width, frame_height=height,
+        residual_mode=RESIDUAL_MODES[codec.mode], software_version=VERSION,
+        codec=edge_pb2.CodecInfo(
+            base_model_id=codec.base.model_id, base_weights_hash=codec.base.weights_hash,
+            residual_model_id=residual.model_id, residual_weights_hash=residual.weights_hash,
+        ),
+    )
+
+
+class EdgeNode:
+    """Runs the capture loop and the cloud link in two threads until stopped (or refused by the cloud)."""
+
+    def __init__(self, settings: EdgeSettings, codec: ScalableCodec | None = None) -> None:
+        if not settings.camera_id:
+            raise ValueError("a camera id is required")
+        self.settings = settings
+        self.rates = RateControl(settings.base_rate, settings.residual_rate, settings.target_kbps)
+        self.source = FrameSource(settings.source, loop=settings.loop, fps=settings.fps, size=settings.size,
+                                  max_frames=settings.max_frames)
+        width, height = self.source.open()
+        self.codec = codec or ScalableCodec.from_weights(settings.weights, mode=settings.mode)
+        if self.codec.mode != settings.mode:
+            raise ValueError(f"codec mode {self.codec.mode} differs from the configured mode {settings.mode}")
+        self.metrics = EdgeMetrics()
+        self.store = EdgeStore(settings.data_dir / "edge.db", settings.limits)
+        hello = make_hello(settings.camera_id, settings.token, self.codec, width, height)
+        self.link = CloudLink(settings.link, hello, self.store, self.rates, self.metrics)
+        self.capture = CaptureLoop(self.source, self.codec, self.store, self.rates, self.metrics, self.link.notify)
+        self._watch_store()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        log.info("camera %s: %s %s at %dx%d, %s residual", settings.camera_id, self.source.kind, settings.source,
+                 width, height, settings.mode)
+
+    def _watch_store(self) -> None:
+        m, store = self.metrics, self.store
+        m.outbox_frames.set_function(lambda: store.outbox_usage().frames)
+        m.outbox_bytes.set_function(lambda: store.outbox_usage().bytes)
+        m.residual_frames.set_function(lambda: store.residual_usage().frames)
+        m.residual_bytes.set_function(lambda: store.residual_usage().bytes)
+        m.base_rate.set(self.rates.current.base)
+
+    def start(self) -> None:
+        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, self.settings.metrics_port)
+        for name, body in (("capture", self.capture.run), ("link", self._run_link)):
+            thread = threading.Thread(target=self._guard(name, body), name=f"edge-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _run_link(self, stop: threading.Event) -> None:
+        self.link.run(stop)
+        if self.link.error is not None:
+            raise self.link.error
+
+    def _guard(self, name: str, body: Callable[[threading.Event], None]) -> Callable[[], None]:
+        """Thread body that stops the whole node when ``body`` fails (the failure is kept in ``.error``)."""
+
+        def run() -> None:
+            try:
+                body(self._stop)
+            except LinkRefused as exc:  # already logged by the link
+                self.error = self.error or exc
+                self.request_stop()
+            except Exception as exc:
+                log.exception("edge %s thread failed", name)
+                self.error = self.error or exc
+                self.request_stop()
+
+        return run
+
+    @property
+    def capture_finished(self) -> bool:
+        """The source has ended (or max frames reached); the link keeps serving residuals."""
+        return bool(self._threads) and not self._threads[0].is_alive()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self.link.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a stop is requested (signal, refusal, failure); False on timeout."""
+        return self._stop.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop both threads and release the source, the store and the metrics endpoint."""
+        self.request_stop()
+        for thread in self._threads:
+            thread.join(timeout)
+        self.source.close()
+        self.store.close()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()

@@ -1,0 +1,9 @@
+"""Benchmarks of the scalable codec: machine task (mAP vs bpp), human quality (PSNR / MS-SSIM vs bpp), speed.
+
+* :mod:`.bdrate` Bjøntegaard delta rate (VCEG-M33; pchip or cubic)
+* :mod:`.detection_map` COCO-style mAP in numpy; :mod:`.detector` the YOLO detector
+* :mod:`.classical` JPEG / WebP / AVIF / HEVC / AV1 / JPEG XL anchors; :mod:`.learned` our codecs as rate sweeps
+* :mod:`.datasets` evaluation images and labels; :mod:`.curves` rate curves and BD-rate tables
+* :mod:`.lineup` shared flags and the codecs a run compares; :mod:`.report` run metadata, JSON and plots
+* :mod:`.machine_task`, :mod:`.human_quality`, :mod:`.speed` the benchmarks; :mod:`.cli` the ``bench`` command
+"""

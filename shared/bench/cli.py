@@ -1,0 +1,135 @@
+"""``bench`` subcommands: ``machine`` (mAP vs bpp), ``human`` (PSNR / MS-SSIM vs bpp), ``speed`` (fps, memory).
+
+Hooked into ``icmh`` by ``add_bench_parser(subparsers)``; also runnable on its own as
+``python -m shared.bench.cli {machine,human,speed} ...``. Heavy imports happen only when a
+benchmark runs, so building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = Path("docs") / "benchmarks"
+MACHINE_DATASETS = ("road_traffic4", "coco128")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple((int(w), int(h)) for w, h in (v.lower().split("x") for v in _names(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 640x360,1280x720, got {text!r}") from None
+
+
+def _options(args: argparse.Namespace):
+    from .lineup import BenchOptions
+
+    if not args.rates or any(not 0.0 <= r <= 1.0 for r in args.rates):
+        raise ValueError(f"rates must be in [0, 1], got {args.rates}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    return BenchOptions(
+        weights=Path(args.weights) if args.weights else None, shared=Path(args.shared), out=Path(args.out),
+        limit=args.limit, rates=args.rates, threads=args.threads,
+        command=getattr(args, "command_line", None) or shlex.join(sys.argv),
+        codecs=args.codecs, bd_method=getattr(args, "bd_method", "pchip"),
+    )
+
+
+def cmd_machine(args: argparse.Namespace) -> None:
+    from .machine_task import run_machine
+
+    for path in run_machine(_options(args), args.datasets, Path(args.detector) if args.detector else None):
+        print(path)
+
+
+def cmd_human(args: argparse.Namespace) -> None:
+    from .human_quality import run_human
+
+    for path in run_human(_options(args), args.base_rate):
+        print(path)
+
+
+def cmd_speed(args: argparse.Namespace) -> None:
+    from .speed import run_speed
+
+    detector = Path(args.detector) if args.detector else None
+    for path in run_speed(_options(args), args.sizes, args.frames, detector):
+        print(path)
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``bench {machine,human,speed}`` to an ``icmh`` subparsers object; returns the ``bench`` parser."""
+    from shared.cli import DEFAULT_SHARED  # at call time: shared.cli may import this module
+
+    bench = subparsers.add_parser("bench", help="benchmarks: machine task, human quality, speed",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = bench.add_subparsers(dest="bench", required=True)
+
+    def common(p: argparse.ArgumentParser, rates: str, codecs: bool = True) -> None:
+        p.add_argument("--weights", help="folder with sa-icm.pt, pr-icmh.pt, fr-icmh.pt, single.pt "
+                                         "(default: shipped shared/weights)")
+        p.add_argument("--limit", type=int, help="first N images only")
+        p.add_argument("--rates", type=_floats, default=_floats(rates), help=f"learned-codec rates R (default {rates})")
+        p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for <name>.json / .png")
+        p.add_argument("--shared", default=str(DEFAULT_SHARED), help="the ../shared folder (data/, models/)")
+        p.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
+        if codecs:
+            p.add_argument("--codecs", type=_names, help="comma-separated codecs to compare (default: all installed)")
+            p.add_argument("--bd-method", choices=("pchip", "cubic"), default="pchip",
+                           help="BD-rate interpolation (pchip as in the JCT-VC/JVET CTC sheets, cubic as VCEG-M33)")
+
+    rates = "0,0.2,0.4,0.6,0.8,1"
+    m = sub.add_parser("machine", help="yolov8n mAP50-95 / mAP50 on decoded images vs bpp")
+    common(m, rates)
+    m.add_argument("--datasets", type=_names, default=MACHINE_DATASETS,
+                   help=f"comma-separated labelled sets (default {','.join(MACHINE_DATASETS)})")
+    m.add_argument("--detector", help="YOLO checkpoint (default SHARED/models/yolov8n.pt)")
+    m.set_defaults(func=cmd_machine)
+
+    h = sub.add_parser("human", help="PSNR and MS-SSIM on Kodak vs bpp")
+    common(h, rates)
+    h.add_argument("--base-rate", type=float, default=0.5, help="base-layer R under the PR/FR residual curves")
+    h.set_defaults(func=cmd_human)
+
+    s = sub.add_parser("speed", help="encode/decode time per layer, fps, detector time, peak memory")
+    common(s, "0.5", codecs=False)
+    s.set_defaults(codecs=None)
+    s.add_argument("--sizes", type=_sizes, default=_sizes("640x360,1280x720"), help="frame sizes WxH")
+    s.add_argument("--frames", type=int, default=10, help="frames timed per size")
+    s.add_argument("--detector", help="YOLO checkpoint (default SHARED/models/yolov8n.pt)")
+    s.set_defaults(func=cmd_speed)
+    return bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m shared.bench.cli``."""
+    parser = argparse.ArgumentParser(prog="python -m shared.bench.cli")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    args.command_line = shlex.join([*parser.prog.split(), *(sys.argv[1:] if argv is None else argv)])
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

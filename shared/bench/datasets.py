@@ -1,0 +1,100 @@
+"""Evaluation images from ../shared/data: labelled detection sets, Kodak, and traffic video frames."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .detection_map import Boxes
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+#: name -> (images folder, labels folder, class map file or None when labels are COCO-80 ids)
+DETECTION_SETS = {
+    "road_traffic4": ("data/road_traffic4/val/images", "data/road_traffic4/val/labels",
+                      "data/road_traffic4/coco_class_map.json"),
+    "coco128": ("data/coco128/images/train", "data/coco128/labels/train", None),
+}
+KODAK = "data/kodak"
+TRAFFIC_VIDEO = "data/traffic/cvtrafficcam_street.mp4"
+COCO80 = range(80)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """Image files of ``folder`` in name order, the first ``limit`` of them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder}")
+    return paths[:limit] if limit else paths
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """An image path and its YOLO labels: COCO-80 class ids and normalised (cx, cy, w, h) boxes."""
+
+    path: Path
+    classes: np.ndarray
+    cxcywh: np.ndarray
+
+    def truth(self, width: int, height: int) -> Boxes:
+        """Ground-truth boxes in pixels for an image of the given size."""
+        c = self.cxcywh * np.array([width, height, width, height], dtype=np.float64)
+        xyxy = np.concatenate([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], axis=1)
+        return Boxes(xyxy, self.classes)
+
+
+def _read_labels(path: Path, to_coco: dict[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.loadtxt(path, ndmin=2) if path.exists() and path.stat().st_size else np.zeros((0, 5))
+    classes = rows[:, 0].astype(np.int64)
+    if to_coco is not None:
+        classes = np.array([to_coco[int(c)] for c in classes], dtype=np.int64)
+    return classes, rows[:, 1:5].astype(np.float64)
+
+
+def load_detection_set(shared: Path, name: str, limit: int | None = None) -> tuple[list[LabelledImage], list[int]]:
+    """Images of a labelled set with labels mapped to COCO-80, and the COCO ids it evaluates."""
+    if name not in DETECTION_SETS:
+        raise ValueError(f"unknown detection set {name!r}; known: {sorted(DETECTION_SETS)}")
+    images_dir, labels_dir, class_map = DETECTION_SETS[name]
+    to_coco = None
+    classes = list(COCO80)
+    if class_map is not None:
+        mapping = json.loads((shared / class_map).read_text())["to_coco80_index"]
+        to_coco = {int(k): int(v) for k, v in mapping.items()}
+        classes = sorted(to_coco.values())
+    items = []
+    for path in list_images(shared / images_dir, limit):
+        labels, boxes = _read_labels(shared / labels_dir / f"{path.stem}.txt", to_coco)
+        items.append(LabelledImage(path, labels, boxes))
+    return items, classes
+
+
+def read_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of a video as RGB images."""
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while len(frames) < count:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+    if not frames:
+        raise ValueError(f"cannot read frames from {path}")
+    return frames

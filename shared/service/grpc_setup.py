@@ -1,0 +1,76 @@
+"""gRPC channel and server options (message sizes, keepalive) and TLS credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+MIB = 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 16 * MIB
+#: a PNG of a large frame can be bigger than any layer: replies may use this much
+MAX_REPLY_BYTES = 64 * MIB
+
+_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def channel_options(max_send_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_receive_bytes: int = MAX_REPLY_BYTES,
+                    server_name: str | None = None) -> list[tuple[str, object]]:
+    """Client options: explicit message size limits and keepalive pings (to notice dead links)."""
+    options: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", max_send_bytes),
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        *_KEEPALIVE,
+    ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
+def server_options(max_receive_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                   max_send_bytes: int = MAX_REPLY_BYTES) -> list[tuple[str, object]]:
+    """Server options: explicit message size limits; accept the clients' keepalive pings."""
+    return [
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.max_send_message_length", max_send_bytes),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        *_KEEPALIVE,
+    ]
+
+
+def _read(path: str | Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def server_credentials(cert: str | Path, key: str | Path,
+                       client_ca: str | Path | None = None) -> grpc.ServerCredentials:
+    """TLS for a server; with ``client_ca`` clients must present a certificate it signed (mutual TLS)."""
+    pair = (_read(key, "TLS key"), _read(cert, "TLS certificate"))
+    ca = _read(client_ca, "client CA")
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def open_channel(target: str, *, ca: str | Path | None = None, cert: str | Path | None = None,
+                 key: str | Path | None = None, server_name: str | None = None,
+                 max_send_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
+    """Insecure channel, or TLS when ``ca`` is given (``cert`` + ``key``: client certificate for mutual TLS)."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+    options = channel_options(max_send_bytes=max_send_bytes, server_name=server_name)
+    if ca is None and cert is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "TLS CA"), private_key=_read(key, "TLS key"),
+        certificate_chain=_read(cert, "TLS certificate"),
+    )
+    return grpc.secure_channel(target, credentials, options=options)

@@ -1,0 +1,129 @@
+"""Each ``bench`` command end to end on 2 small real images with tiny random codecs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+
+from shared.bench.cli import main
+from shared.bench.datasets import DETECTION_SETS, KODAK, TRAFFIC_VIDEO, list_images
+
+LEARNED = ("sa-icm", "pr-icmh", "fr-icmh", "single")
+
+
+@pytest.fixture(scope="module")
+def small_shared(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ../shared with 2 images per set, downscaled (YOLO labels are normalised, so they still fit)."""
+    root = tmp_path_factory.mktemp("shared")
+    for images_dir, labels_dir, class_map in DETECTION_SETS.values():
+        (root / images_dir).mkdir(parents=True)
+        (root / labels_dir).mkdir(parents=True)
+        for path in list_images(shared_dir / images_dir, 2):
+            image = cv2.imread(str(path))
+            cv2.imwrite(str(root / images_dir / path.name), cv2.resize(image, None, fx=0.5, fy=0.5))
+            label = shared_dir / labels_dir / f"{path.stem}.txt"
+            if label.exists():
+                shutil.copy(label, root / labels_dir)
+        if class_map:
+            shutil.copy(shared_dir / class_map, root / class_map)
+    (root / KODAK).mkdir(parents=True)
+    for path in list_images(shared_dir / KODAK, 2):
+        cv2.imwrite(str(root / KODAK / path.name), cv2.imread(str(path))[:192, :256])
+    for linked in (TRAFFIC_VIDEO, "models/yolov8n.pt"):
+        (root / linked).parent.mkdir(parents=True, exist_ok=True)
+        (root / linked).symlink_to(shared_dir / linked)
+    return root
+
+
+def _run(command: str, shared: Path, weights: Path, out: Path, *extra: str) -> None:
+    argv = [command, "--shared", str(shared), "--weights", str(weights), "--out", str(out), "--limit", "2",
+            "--threads", "1", *extra]
+    assert main(argv) == 0
+
+
+def _load(path: Path) -> dict:
+    assert path.with_suffix(".png").stat().st_size > 0
+    data = json.loads(path.read_text())
+    meta = data["meta"]
+    assert meta["command"].startswith("python -m shared.bench.cli")
+    assert meta["git_commit"] and meta["machine"]["cpu"] and meta["machine"]["cores"] >= 1
+    assert {"torch", "compressai", "ultralytics", "opencv-python", "pillow"} <= set(meta["versions"])
+    assert set(meta["weights"]) >= {"base"}
+    return data
+
+
+def _finite(*values: object) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def test_machine(small_shared: Path, tiny_weights: Path, tmp_path: Path) -> None:
+    _run("machine", small_shared, tiny_weights, tmp_path, "--rates", "0,1", "--codecs", "sa-icm,single,jpeg")
+    for dataset in DETECTION_SETS:
+        data = _load(tmp_path / f"machine_{dataset}.json")
+        assert data["meta"]["image_count"] == 2 and data["dataset"] == dataset
+        assert _finite(data["uncompressed"]["map50_95"], data["uncompressed"]["map50"])
+        assert set(data["curves"]) == {"sa-icm", "single", "jpeg"}
+        for curve in data["curves"].values():
+            for point in curve["points"]:
+                assert _finite(point["setting"], point["bpp"], point["map50_95"], point["map50"])
+                assert point["bpp"] > 0
+        assert len(data["curves"]["jpeg"]["points"]) == 7
+        for metric in ("map50_95", "map50"):
+            value = data["bd_rate"][metric]["jpeg"]["sa-icm"]
+            assert _finite(value) or value.startswith("n/a")
+
+
+def test_human(small_shared: Path, tiny_weights: Path, tmp_path: Path) -> None:
+    codecs = ",".join((*LEARNED, "jpeg", "webp"))
+    _run("human", small_shared, tiny_weights, tmp_path, "--rates", "0,1", "--codecs", codecs)
+    data = _load(tmp_path / "human_kodak.json")
+    assert data["meta"]["image_count"] == 2 and data["residual_base_rate"] == 0.5
+    assert set(data["curves"]) == {*LEARNED, "jpeg", "webp"}
+    for name, curve in data["curves"].items():
+        for point in curve["points"]:
+            assert _finite(point["bpp"], point["psnr"], point["ms_ssim"])
+            if name in ("pr-icmh", "fr-icmh"):
+                assert point["bpp"] == pytest.approx(point["base_bpp"] + point["residual_bpp"])
+    assert _finite(data["bd_rate"]["psnr"]["webp"]["jpeg"], data["bd_rate"]["ms_ssim"]["jpeg"]["webp"])
+    assert set(data["bd_rate"]["psnr"]["webp"]) == {*LEARNED, "jpeg"}
+
+
+def test_speed(small_shared: Path, tiny_weights: Path, tmp_path: Path) -> None:
+    _run("speed", small_shared, tiny_weights, tmp_path, "--sizes", "320x180,256x128", "--frames", "2")
+    data = _load(tmp_path / "speed.json")
+    assert [run["size"] for run in data["runs"]] == ["320x180", "256x128"]
+    for run in data["runs"]:
+        stages = run["stages"]
+        for name in ("sa-icm encode (base)", "sa-icm decode (machine)", "pr-icmh encode (residual)",
+                     "fr-icmh decode (human: base + residual)", "single encode", "jpeg encode q75",
+                     "webp encode q75", "yolov8n detect (on machine image)"):
+            assert _finite(stages[name]["ms_mean"], stages[name]["fps"], stages[name]["tracemalloc_peak_mb"])
+        assert stages["sa-icm encode (base)"]["bytes_mean"] > 0
+    assert _finite(data["process_peak_rss_mb"])
+
+
+def test_errors(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["human", "--weights", str(tmp_path), "--out", str(tmp_path)]) == 1
+    assert "base-layer weights not found" in capsys.readouterr().err
+    assert main(["machine", "--weights", str(tiny_weights), "--codecs", "jpeg,vvc", "--out", str(tmp_path)]) == 1
+    assert "unknown codec" in capsys.readouterr().err
+
+
+def test_parser_hooks_into_a_subparsers_object() -> None:
+    import argparse
+
+    from shared.bench.cli import add_bench_parser
+    from shared.cli import DEFAULT_SHARED
+
+    parser = argparse.ArgumentParser(prog="icmh")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", "machine", "--limit", "3", "--rates", "0,0.5", "--datasets", "coco128"])
+    assert (args.bench, args.limit, args.rates, args.datasets) == ("machine", 3, (0.0, 0.5), ("coco128",))
+    assert args.weights is None and args.out == "docs/benchmarks" and args.shared == str(DEFAULT_SHARED)
+    args = parser.parse_args(["bench", "speed", "--sizes", "640x360"])
+    assert args.sizes == ((640, 360),) and args.rates == (0.5,) and args.codecs is None

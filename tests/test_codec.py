@@ -1,0 +1,218 @@
+"""Codec library: exact round trips, malformed input, determinism across processes, sizes, rate."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from shared.codec import BitstreamError, ScalableCodec, inspect
+from shared.codec.api import image_to_tensor, tensor_to_image
+from shared.codec.bitstream import LayerHeader, LayerKind, pack, unpack
+from tests.conftest import make_tiny_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kodak(shared_dir: Path, name: str = "01.png") -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(shared_dir / "data" / "kodak" / name)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def photo(shared_dir: Path) -> np.ndarray:
+    return kodak(shared_dir)[:257, :333]  # odd size on purpose
+
+
+@pytest.fixture(scope="module", params=["pr", "fr"])
+def codec(request: pytest.FixtureRequest, tiny_weights: Path) -> ScalableCodec:
+    return ScalableCodec.from_weights(tiny_weights, mode=request.param)
+
+
+def test_base_round_trip_equals_encoder_reconstruction(codec: ScalableCodec, photo: np.ndarray) -> None:
+    enc = codec.encode_base(photo, 0.5)
+    decoded = codec.decode_machine(enc.data)
+    assert decoded.shape == photo.shape and decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, tensor_to_image(enc.machine, *photo.shape[:2]))
+
+
+def test_eval_forward_equals_bitstream_path(codec: ScalableCodec, photo: np.ndarray) -> None:
+    """The quantised forward path and the real range-coded path give the same pixels."""
+    x, _, _ = image_to_tensor(photo)
+    q = torch.tensor([200])
+    with torch.no_grad():
+        forward = codec.base.model(x, q)["x_hat"]
+    enc = codec.encode_base(photo, 200 / 255)
+    np.testing.assert_array_equal(codec.decode_machine(enc.data), tensor_to_image(forward, *photo.shape[:2]))
+
+
+def test_human_round_trip_is_deterministic(codec: ScalableCodec, photo: np.ndarray) -> None:
+    base, residual = codec.encode(photo, 0.3, 0.7)
+    first = codec.decode_human(base, residual)
+    again = codec.decode_human(base, residual)
+    assert first.shape == photo.shape
+    np.testing.assert_array_equal(first, again)
+    assert inspect(residual)["kind"] == f"{codec.mode}_residual"
+    assert inspect(base)["rate_index"] == round(0.3 * 255)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (65, 64), (333, 257)])
+def test_any_frame_size(tiny_weights: Path, size: tuple[int, int]) -> None:
+    codec = ScalableCodec.from_weights(tiny_weights)
+    image = np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8)
+    base, residual = codec.encode(image)
+    assert codec.decode_machine(base).shape == image.shape
+    assert codec.decode_human(base, residual).shape == image.shape
+
+
+def test_invalid_images_and_rates_are_refused(tiny_weights: Path) -> None:
+    codec = ScalableCodec.from_weights(tiny_weights)
+    with pytest.raises(ValueError, match="uint8"):
+        codec.encode_base(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="rate"):
+        codec.encode_base(np.zeros((8, 8, 3), np.uint8), 1.5)
+
+
+# -- malformed input ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def layers(tiny_weights: Path, photo: np.ndarray) -> tuple[ScalableCodec, bytes, bytes]:
+    codec = ScalableCodec.from_weights(tiny_weights)
+    base, residual = codec.encode(photo)
+    return codec, base, residual
+
+
+def _reseal(body: bytes) -> bytes:
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def test_truncated_layers_raise(layers: tuple[ScalableCodec, bytes, bytes]) -> None:
+    codec, base, _ = layers
+    for cut in (0, 3, 10, len(base) // 2, len(base) - 1):
+        with pytest.raises(BitstreamError):
+            codec.decode_machine(base[:cut])
+
+
+def test_bit_flips_in_header_and_payload_raise(layers: tuple[ScalableCodec, bytes, bytes]) -> None:
+    codec, base, _ = layers
+    positions = list(range(min(64, len(base)))) + list(range(64, len(base), max(1, len(base) // 40)))
+    for pos in positions:
+        for bit in (0, 7):
+            corrupt = bytearray(base)
+            corrupt[pos] ^= 1 << bit
+            with pytest.raises(BitstreamError):
+                codec.decode_machine(bytes(corrupt))
+
+
+def test_header_errors_have_clear_messages(layers: tuple[ScalableCodec, bytes, bytes]) -> None:
+    codec, base, residual = layers
+    with pytest.raises(BitstreamError, match="magic"):
+        codec.decode_machine(b"JUNK" + base[4:])
+    with pytest.raises(BitstreamError, match="version"):
+        codec.decode_machine(_reseal(base[:4] + bytes([9]) + base[5:-4]))
+    with pytest.raises(BitstreamError, match="expected a base layer"):
+        codec.decode_machine(residual)
+    with pytest.raises(BitstreamError, match="bytes"):
+        codec.decode_machine("not bytes")  # type: ignore[arg-type]
+
+
+def test_absurd_dimensions_are_refused_before_decoding(layers: tuple[ScalableCodec, bytes, bytes]) -> None:
+    codec, base, _ = layers
+    header, strings = unpack(base)
+    id_len = len(header.model_id)
+    dims_at = 8 + id_len + 8
+    body = bytearray(base[:-4])
+    struct.pack_into(">HH", body, dims_at, 60000, 60000)
+    with pytest.raises(BitstreamError, match="outside"):
+        codec.decode_machine(_reseal(bytes(body)))
+    struct.pack_into(">HHBB", body, dims_at, 100, 100, 0, 0)  # padding no longer aligns
+    with pytest.raises(BitstreamError, match="padding"):
+        codec.decode_machine(_reseal(bytes(body)))
+
+
+def test_string_table_inconsistent_with_payload(layers: tuple[ScalableCodec, bytes, bytes]) -> None:
+    codec, base, _ = layers
+    header, strings = unpack(base)
+    with pytest.raises(BitstreamError, match="strings"):
+        codec.decode_machine(pack(header, strings[:-1]))
+    with pytest.raises(BitstreamError):
+        codec.decode_machine(pack(header, strings) + b"extra")
+
+
+def test_residual_paired_with_wrong_base(layers: tuple[ScalableCodec, bytes, bytes], photo: np.ndarray) -> None:
+    codec, base, residual = layers
+    other_base = codec.encode_base(photo, 0.9).data
+    with pytest.raises(BitstreamError, match="different base"):
+        codec.decode_human(other_base, residual)
+
+
+def test_wrong_model_weights_are_detected(layers: tuple[ScalableCodec, bytes, bytes], tmp_path: Path) -> None:
+    _, base, residual = layers
+    other = ScalableCodec.from_weights(make_tiny_weights(tmp_path, seed=7))
+    with pytest.raises(BitstreamError, match="coded with"):
+        other.decode_machine(base)
+    with pytest.raises(BitstreamError, match="coded with"):
+        other.decode_human(base, residual)
+
+
+def test_pack_refuses_bad_headers() -> None:
+    good = LayerHeader(LayerKind.BASE, "m", bytes(8), 0, 10, 10, 54, 54)
+    assert unpack(pack(good, [b"a"]))[0] == good
+    with pytest.raises(BitstreamError):
+        pack(LayerHeader(LayerKind.BASE, "m", bytes(8), 0, 0, 10, 0, 54), [b"a"])
+    with pytest.raises(BitstreamError):
+        pack(good, [])
+
+
+# -- determinism across processes and CPU kernels -------------------------------------------
+DECODE_SCRIPT = """
+import hashlib, sys, torch
+torch.set_num_threads(int(sys.argv[3]))
+from shared.codec import ScalableCodec
+codec = ScalableCodec.from_weights(sys.argv[1], mode=sys.argv[4])
+base = open(sys.argv[2] + '.base', 'rb').read()
+res = open(sys.argv[2] + '.res', 'rb').read()
+print(hashlib.sha256(codec.decode_machine(base).tobytes()).hexdigest(),
+      hashlib.sha256(codec.decode_human(base, res).tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("mode", ["pr", "fr"])
+def test_decode_identical_in_other_process_threads_and_cpu_capability(
+    tiny_weights: Path, photo: np.ndarray, tmp_path: Path, mode: str
+) -> None:
+    codec = ScalableCodec.from_weights(tiny_weights, mode=mode)
+    base, residual = codec.encode(photo, 0.6, 0.6)
+    (tmp_path / "f.base").write_bytes(base)
+    (tmp_path / "f.res").write_bytes(residual)
+    expected = " ".join(
+        hashlib.sha256(img.tobytes()).hexdigest()
+        for img in (codec.decode_machine(base), codec.decode_human(base, residual))
+    )
+    for threads, capability in (("2", None), ("1", "default")):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if capability:
+            env["ATEN_CPU_CAPABILITY"] = capability
+        out = subprocess.run(
+            [sys.executable, "-c", DECODE_SCRIPT, str(tiny_weights), str(tmp_path / "f"), threads, mode],
+            capture_output=True, text=True, env=env, check=True, timeout=300,
+        )
+        assert out.stdout.split()[-2:] == expected.split(), f"threads={threads} capability={capability}"
+
+
+def test_shipped_weights_rate_increases_stream_size(shared_dir: Path) -> None:
+    """Higher R gives more bytes in both layers, with the weights the product ships."""
+    codec = ScalableCodec.from_weights()
+    image = kodak(shared_dir, "03.png")
+    encodings = [codec.encode_base(image, r) for r in (0.0, 0.5, 1.0)]
+    base_sizes = [len(e.data) for e in encodings]
+    assert base_sizes[0] < base_sizes[1] < base_sizes[2]
+    residual_sizes = [len(codec.encode_residual(image, encodings[1], r)) for r in (0.0, 0.5, 1.0)]
+    assert residual_sizes[0] < residual_sizes[1] < residual_sizes[2]

@@ -1,0 +1,137 @@
+"""Training pipeline: mask providers, data guards, a real (tiny) train / resume / export cycle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from shared.codec import ScalableCodec
+from shared.codec.weights import export_weights
+from shared.training.data import check_training_path, load_training_set
+from shared.training.masks import SamBoundaries, boxes_to_mask, edge_mask
+from shared.training.trainer import TrainConfig, Trainer
+
+
+def tiny_sam():
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    dim = 32
+    torch.manual_seed(0)
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=1, embed_dim=dim, img_size=1024, mlp_ratio=2, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=[0],
+            window_size=14, out_chans=dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=4
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
+def test_sam_provider_runs_end_to_end_with_tiny_random_sam() -> None:
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[20:70, 30:90] = (200, 40, 40)
+    provider = SamBoundaries(
+        None, sam_model=tiny_sam(), points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+        points_per_batch=16,
+    )
+    records = provider.generator.generate(image)
+    assert records, "tiny SAM produced no masks"
+    mask = provider(image)
+    assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 1}
+
+
+def test_sam_provider_needs_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="SAM checkpoint"):
+        SamBoundaries(tmp_path / "missing.pth")
+
+
+def test_edge_mask_marks_object_boundaries_only() -> None:
+    image = np.full((64, 64, 3), 30, np.uint8)
+    image[16:48, 16:48] = 220
+    mask = edge_mask(image)
+    assert mask[16, 32] == 1 and mask[32, 16] == 1  # on the square's border
+    assert mask[32, 32] == 0 and mask[2, 2] == 0  # flat inside and outside
+
+
+def test_boxes_are_enlarged_and_clipped() -> None:
+    mask = boxes_to_mask(np.array([[10, 10, 20, 20], [55, 55, 70, 70]], np.float32), 64, 64)
+    assert mask[9, 9] == 1 and mask[8, 8] == 0  # 1.2x: 1 pixel margin each side
+    assert mask[63, 63] == 1 and mask.shape == (64, 64)
+
+
+@pytest.mark.parametrize("path", ["/x/kodak/01.png", "/x/road_traffic4/val/a.jpg", "/x/coco128/images/train/b.jpg"])
+def test_evaluation_sets_are_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="evaluation set"):
+        check_training_path(Path(path))
+
+
+@pytest.fixture(scope="module")
+def mini_shared(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few real training images laid out like ../shared/data."""
+    root = tmp_path_factory.mktemp("mini_shared")
+    data = shared_dir / "data"
+    for split in ("train", "val"):
+        dst = root / "data" / "bsds500" / split
+        dst.mkdir(parents=True)
+        for p in sorted((data / "bsds500" / split).glob("*.jpg"))[:3]:
+            shutil.copy(p, dst)
+    rt4 = root / "data" / "road_traffic4" / "train"
+    (rt4 / "images").mkdir(parents=True)
+    (rt4 / "labels").mkdir(parents=True)
+    for p in sorted((data / "road_traffic4" / "train" / "images").glob("*.jpg"))[:3]:
+        shutil.copy(p, rt4 / "images")
+        shutil.copy(data / "road_traffic4" / "train" / "labels" / (p.stem + ".txt"), rt4 / "labels")
+    return root
+
+
+def test_training_set_excludes_held_out_and_reads_labels(mini_shared: Path) -> None:
+    train = load_training_set(mini_shared)
+    keys = [s.key for s in train.samples]
+    assert len(keys) == 6 and not any("/val/" in k for k in keys)
+    assert sum(s.boxes is not None and len(s.boxes) > 0 for s in train.samples) >= 1
+
+
+def test_train_resume_export_and_residual_cycle(mini_shared: Path, tmp_path: Path) -> None:
+    common = dict(shared_dir=mini_shared, steps=3, batch=2, crop=64, threads=1, validate_every=1000)
+    base_cfg = TrainConfig(kind="base", out_dir=tmp_path / "base", architecture="sa-icm-tiny", mask_provider="edges",
+                           **common)
+    Trainer(base_cfg).run()
+    rows = list(csv.DictReader(open(tmp_path / "base" / "val.csv")))
+    assert rows and float(rows[-1]["bpp@1.0"]) > 0
+
+    resumed = Trainer(TrainConfig(**{**base_cfg.__dict__, "steps": 5}))
+    assert resumed.step == 3
+    resumed.run()
+    assert torch.load(tmp_path / "base" / "last.pt", weights_only=False)["step"] == 5
+
+    manifest = export_weights(tmp_path / "base" / "last.pt", tmp_path / "w" / "sa-icm.pt", {"lambda": [0.002, 0.06]})
+    assert manifest["steps"] == 5 and len(manifest["sha256"]) == 64
+    assert json.loads((tmp_path / "w" / "sa-icm.json").read_text())["weights_hash"] == manifest["weights_hash"]
+
+    pr_cfg = TrainConfig(kind="pr", out_dir=tmp_path / "pr", architecture="pr-icmh-tiny",
+                         base_weights=tmp_path / "w" / "sa-icm.pt", **common)
+    Trainer(pr_cfg).run()
+    export_weights(tmp_path / "pr" / "last.pt", tmp_path / "w" / "pr-icmh.pt", {})
+    codec = ScalableCodec.from_weights(tmp_path / "w")
+    image = cv2.cvtColor(cv2.imread(str(next((mini_shared / "data" / "bsds500" / "val").glob("*.jpg")))),
+                         cv2.COLOR_BGR2RGB)
+    base, residual = codec.encode(image)
+    assert codec.decode_human(base, residual).shape == image.shape
