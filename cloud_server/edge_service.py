@@ -42,7 +42,9 @@ class EdgeLinkService(edge_pb2_grpc.EdgeLinkServicer):
     def Connect(self, request_iterator: Iterator[edge_pb2.EdgeMessage],  # noqa: N802 - gRPC method name
                 context: grpc.ServicerContext) -> Iterator[edge_pb2.CloudMessage]:
         session, welcome = self._open(request_iterator, context)
-        context.add_callback(lambda: self._close(session))
+        if not context.add_callback(lambda: self._close(session)):
+            self._close(session)  # the call ended already
+            return
         session.send(edge_pb2.CloudMessage(welcome=welcome))
         threading.Thread(target=self._read, args=(session, request_iterator), name=f"edge-{session.camera_id}",
                          daemon=True).start()
@@ -55,7 +57,10 @@ class EdgeLinkService(edge_pb2_grpc.EdgeLinkServicer):
     def _open(self, requests: Iterator[edge_pb2.EdgeMessage],
               context: grpc.ServicerContext) -> tuple[EdgeSession, edge_pb2.Welcome]:
         """Check the Hello and register the session; aborts the call when the edge is refused."""
-        first = next(requests, None)
+        try:
+            first = next(requests, None)
+        except grpc.RpcError:  # cancelled before saying anything
+            first = None
         if first is None or first.WhichOneof("kind") != "hello":
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be a Hello")
         hello = first.hello

@@ -28,7 +28,6 @@ class CaptureLoop:
                  metrics: EdgeMetrics, on_stored: Callable[[], None]) -> None:
         self.source, self.codec, self.store, self.rates = source, codec, store, rates
         self.metrics, self.on_stored = metrics, on_stored
-        self.frames_stored = 0
         self._outbox_full = False
 
     def run(self, stop: threading.Event) -> None:
@@ -50,7 +49,6 @@ class CaptureLoop:
             except OutboxFull:
                 self.metrics.frames_dropped.labels("outbox_full").inc()
                 continue
-            self.frames_stored += 1
             self.rates.observe(len(base.data), frame.capture_ns)
             self._account(frame.image.shape[0] * frame.image.shape[1], len(base.data), len(residual), t1 - t0, t2 - t1)
             self.on_stored()
@@ -62,7 +60,6 @@ class CaptureLoop:
             m.layer_bytes.labels(layer).inc(size)
             m.bpp.labels(layer).observe(8.0 * size / pixels)
             m.encode_seconds.labels(layer).observe(seconds)
-        m.base_rate.set(self.rates.current.base)
 
     def _note_full(self, full: bool) -> None:
         if full != self._outbox_full:

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--data-dir", type=Path, default=Path("edge-data"), help="folder of edge.db")
     store.add_argument("--outbox-frames", type=int, default=StoreLimits.outbox_frames,
                        help="unacknowledged base layers kept at most")
-    store.add_argument("--outbox-mb", type=float, default=StoreLimits.outbox_bytes / MIB)
+    store.add_argument("--outbox-mb", type=float, default=StoreLimits.outbox_bytes / MIB,
+                       help="MiB of unacknowledged base layers kept at most")
     store.add_argument("--residual-store-mb", type=float, default=StoreLimits.residual_bytes / MIB,
                        help="residual layers kept at most (oldest evicted first)")
     store.add_argument("--residual-max-age-h", type=float, default=StoreLimits.residual_age_s / 3600,

@@ -103,7 +103,7 @@ class _Session:
         self.welcomed = False
         self.max_packet_bytes = 0
         self._lock = threading.Lock()
-        self._last_sent = store.next_frame_id() - 1
+        self._last_sent = 0
         self._in_flight: set[int] = set()
 
     def requests(self) -> Iterator[edge_pb2.EdgeMessage]:

@@ -92,7 +92,7 @@ class EdgeNode:
         m.outbox_bytes.set_function(lambda: store.outbox_usage().bytes)
         m.residual_frames.set_function(lambda: store.residual_usage().frames)
         m.residual_bytes.set_function(lambda: store.residual_usage().bytes)
-        m.base_rate.set(self.rates.current.base)
+        m.base_rate.set_function(lambda: self.rates.current.base)
 
     def start(self) -> None:
         self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, self.settings.metrics_port)
@@ -121,11 +121,6 @@ class EdgeNode:
                 self.request_stop()
 
         return run
-
-    @property
-    def capture_finished(self) -> bool:
-        """The source has ended (or max frames reached); the link keeps serving residuals."""
-        return bool(self._threads) and not self._threads[0].is_alive()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -8,23 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.codec.weights import LAYER_FILES, save_layer
+from shared.codec.weights import write_random_weights
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 torch.set_num_threads(int(os.environ.get("ICMH_TEST_THREADS", "1")))
 
 SHARED = Path(os.environ.get("ICMH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-TINY = {"base": "sa-icm-tiny", "pr": "pr-icmh-tiny", "fr": "fr-icmh-tiny", "single": "sa-icm-tiny"}
 
 
 def make_tiny_weights(folder: Path, seed: int = 0) -> Path:
-    """Write tiny random-initialised sa-icm / pr-icmh / fr-icmh weight files into ``folder``."""
-    from shared.codec.models import build_model
-
-    torch.manual_seed(seed)
-    for layer, arch in TINY.items():
-        save_layer(build_model(arch), arch, folder / LAYER_FILES[layer])
-    return folder
+    """Tiny random-initialised sa-icm / pr-icmh / fr-icmh / single weight files in ``folder``."""
+    return write_random_weights(folder, seed)
 
 
 @pytest.fixture(scope="session")

@@ -153,3 +153,5 @@ def test_camera_registry(tmp_path: Path) -> None:
         CameraRegistry.load(None, ["no-token"])
     with pytest.raises(ValueError, match="no camera"):
         CameraRegistry.load(None, [])
+    example = CameraRegistry.load(Path(__file__).resolve().parents[1] / "deploy" / "cameras.example.json")
+    assert example.authenticate("cam-south", "change-me-south").config == {"target_kbps": 300.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from service_support import (
     Subscriber,
     edge_settings,
     frame_ids,
+    free_port,
     get_frame,
     operator,
     rpc_error,
@@ -40,7 +42,7 @@ WIDTH, HEIGHT = FRAME_SIZE
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, shared_dir: Path) -> CloudServer:
-    server = start_cloud(tmp_path_factory.mktemp("e2e"), tiny_weights, shared_dir, CAMERAS)
+    server = start_cloud(tmp_path_factory.mktemp("e2e"), tiny_weights, shared_dir, CAMERAS, metrics_port=free_port())
     yield server
     server.stop(grace=1)
 
@@ -113,7 +115,9 @@ def test_human_inspection_errors_when_residual_evicted_or_edge_offline(
 
 
 def test_two_edges_stream_at_once(cloud: CloudServer, tmp_path: Path, shared_dir: Path, tiny_weights: Path) -> None:
-    nodes = [edge(cloud, tmp_path, camera, shared_dir, tiny_weights) for camera in ("cam-a", "cam-b")]
+    metrics_port = free_port()
+    nodes = [edge(cloud, tmp_path, "cam-a", shared_dir, tiny_weights, metrics_port=metrics_port),
+             edge(cloud, tmp_path, "cam-b", shared_dir, tiny_weights)]
     jsonl = cloud.settings.detections_jsonl
     try:
         wait_for(lambda: cloud.sessions.count() >= 2, what="both edges online")
@@ -122,6 +126,9 @@ def test_two_edges_stream_at_once(cloud: CloudServer, tmp_path: Path, shared_dir
         assert frame_ids(jsonl, "cam-a") == frame_ids(jsonl, "cam-b") == [1, 2, 3]
         cameras = {c.camera_id: c for c in operator(cloud.port).ListCameras(operator_pb2.ListCamerasRequest()).cameras}
         assert cameras["cam-a"].last_frame_id == cameras["cam-b"].last_frame_id == 3
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert "icmh_edge_frames_encoded_total 3.0" in scraped
+        assert 'icmh_edge_bits_per_pixel_count{layer="base"} 3.0' in scraped
     finally:
         for node in nodes:
             node.close()
@@ -178,6 +185,8 @@ def test_health_and_reflection(cloud: CloudServer) -> None:
     names = {s.name for s in next(iter(replies)).list_services_response.service}
     assert {"icmh.v1.EdgeLink", "icmh.v1.Operator", "icmh.v1.Detections", "grpc.health.v1.Health"} <= names
     channel.close()
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{cloud.settings.metrics_port}/metrics", timeout=10).read()
+    assert b"icmh_cloud_edges_connected" in scraped and b"icmh_cloud_detect_seconds" in scraped
 
 
 @pytest.mark.skipif(not all((SHIPPED_DIR / LAYER_FILES[k]).exists() for k in ("base", "pr")),

@@ -191,6 +191,7 @@ def test_retention_removes_old_frames_and_resends_stay_duplicates(tmp_path: Path
 
 
 def test_mutual_tls(tmp_path: Path, tiny_weights: Path, shared_dir: Path) -> None:
+    pytest.importorskip("cryptography", reason="cryptography (dev extra) makes the test certificates")
     tls = make_tls_files(tmp_path / "tls")
     server = start_cloud(tmp_path, tiny_weights, shared_dir, {"cam-tls": "t"}, tls_cert=tls["server_cert"],
                          tls_key=tls["server_key"], tls_client_ca=tls["ca"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from service_support import (
     DETECTOR_IMGSZ,
+    VIDEO,
     edge_settings,
     frame_ids,
     free_port,
@@ -21,6 +22,7 @@ from service_support import (
     wait_for,
 )
 
+from edge_node.store import EdgeStore
 from shared.codec.api import ScalableCodec
 from shared.rpc import operator_pb2
 from shared.service.images import decode_png
@@ -93,4 +95,29 @@ def test_edge_restart_keeps_residual_store_and_numbering(tmp_path: Path, tiny_we
         finally:
             node.close()
     finally:
+        server.stop(grace=1)
+
+
+def test_edge_cli_streams_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_weights: Path, shared_dir: Path) -> None:
+    server = start_cloud(tmp_path, tiny_weights, shared_dir, {"cam-cli": "token-cli"})
+    edge = subprocess.Popen(
+        [sys.executable, "-m", "edge_node.cli", "--camera-id", "cam-cli", "--cloud", f"127.0.0.1:{server.port}",
+         "--source", str(shared_dir / VIDEO), "--max-frames", "2", "--width", "320", "--height", "192",
+         "--weights", str(tiny_weights), "--data-dir", str(tmp_path / "edge"), "--metrics-port", "0",
+         "--threads", "1"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "ICMH_EDGE_TOKEN": "token-cli"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for(lambda: frame_ids(server.settings.detections_jsonl, "cam-cli") == [1, 2] or edge.poll() is not None,
+                 timeout=120, what="the edge CLI's results")
+        assert edge.poll() is None, edge.stdout.read()
+        edge.send_signal(signal.SIGTERM)
+        assert edge.wait(timeout=60) == 0, edge.stdout.read()
+        store = EdgeStore(tmp_path / "edge" / "edge.db")
+        assert store.outbox_usage().frames == 0 and store.residual(2) is not None and store.next_frame_id() == 3
+        store.close()
+    finally:
+        if edge.poll() is None:
+            edge.kill()
         server.stop(grace=1)

@@ -89,6 +89,18 @@ def save_layer(model: ChannelARCodec, architecture: str, out_path: str | Path) -
     return out_path
 
 
+TINY_ARCHITECTURES = {"base": "sa-icm-tiny", "pr": "pr-icmh-tiny", "fr": "fr-icmh-tiny", "single": "sa-icm-tiny"}
+
+
+def write_random_weights(folder: str | Path, seed: int = 0) -> Path:
+    """Tiny randomly initialised codecs as real weight files (tests, pipeline demos)."""
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    for layer, arch in TINY_ARCHITECTURES.items():
+        save_layer(build_model(arch), arch, folder / LAYER_FILES[layer])
+    return folder
+
+
 def export_weights(checkpoint: str | Path, out_path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write compact fp16 weights and ``<name>.json`` manifest; returns the manifest."""
     model, meta = load_model(checkpoint)

@@ -1,0 +1,178 @@
+"""Demo: a cloud server and one edge node on loopback, streaming a traffic video.
+
+Prints detections as they arrive; after N frames it inspects one frame in MACHINE and
+HUMAN quality, saves both PNGs with their PSNR against the original frame, and shuts
+both services down with SIGTERM. Run from the repository root::
+
+    python deploy/demo.py                      # shipped weights, ../shared video and detector
+    python deploy/demo.py --weights runs/export --frames 30 --out demo-out
+    python deploy/demo.py --random-weights     # no trained weights yet: tiny random codecs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from cloud_server.operator_cli import format_detections, format_result  # noqa: E402
+from edge_node.source import FrameSource  # noqa: E402
+from shared.codec.weights import LAYER_FILES, SHIPPED_DIR  # noqa: E402
+from shared.rpc import detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc  # noqa: E402
+from shared.service.images import decode_png, psnr  # noqa: E402
+
+CAMERA, TOKEN = "demo-cam", "demo-token"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", type=Path, default=SHARED / "data" / "traffic" / "cvtrafficcam_street.mp4")
+    p.add_argument("--detector", type=Path, default=SHARED / "models" / "yolov8n.pt")
+    p.add_argument("--weights", type=Path, help="codec weights folder (default: shipped weights)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="use tiny randomly initialised codecs (pipeline demo only: images are noise)")
+    p.add_argument("--frames", type=int, default=20, help="frames to stream before inspecting")
+    p.add_argument("--inspect", type=int, help="frame id to inspect (default: the last)")
+    p.add_argument("--fps", type=float, default=5.0)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the PNGs")
+    p.add_argument("--workdir", type=Path, help="data and logs of both services (default: a temporary folder)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per service")
+    return p.parse_args()
+
+
+def weights_folder(args: argparse.Namespace, workdir: Path) -> Path:
+    if args.weights:
+        return args.weights
+    if args.random_weights:
+        from shared.codec.weights import write_random_weights
+
+        folder = write_random_weights(workdir / "random-weights")
+        print(f"demo: tiny random codecs in {folder}: decoded images are noise, detections will be few")
+        return folder
+    if not all((SHIPPED_DIR / LAYER_FILES[k]).exists() for k in ("base", "pr")):
+        sys.exit(f"demo: no trained weights in {SHIPPED_DIR}: pass --weights DIR or --random-weights")
+    return SHIPPED_DIR
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(name: str, module: str, argv: list[str], workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+    log = (workdir / f"{name}.log").open("w")
+    print(f"demo: starting {name} (log: {workdir / f'{name}.log'})")
+    return subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def wait_until(condition, timeout: float, what: str, processes: list[subprocess.Popen], workdir: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in processes:
+            if process.poll() is not None:
+                name = "cloud" if "cloud_server" in " ".join(process.args) else "edge"
+                tail = (workdir / f"{name}.log").read_text()[-2000:]
+                sys.exit(f"demo: the {name} exited ({process.returncode}) while waiting for {what}:\n{tail}")
+        if time.monotonic() > deadline:
+            sys.exit(f"demo: timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def original_frame(args: argparse.Namespace, frame_id: int):
+    """The frame the edge captured as ``frame_id`` (ids count video frames from 1 in a fresh edge store)."""
+    source = FrameSource(str(args.video), size=(args.width, args.height), max_frames=frame_id)
+    try:
+        return list(source.frames(threading.Event()))[-1].image
+    finally:
+        source.close()
+
+
+def main() -> int:
+    args = parse_args()
+    for path, what in ((args.video, "video"), (args.detector, "detector")):
+        if not path.is_file():
+            sys.exit(f"demo: {what} not found: {path}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="icmh-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    weights = weights_folder(args, workdir)
+    port, ready = free_port(), workdir / "cloud.port"
+    threads = ["--threads", str(args.threads), "--metrics-port", "0"]
+    cloud = launch("cloud", "cloud_server.cli", [
+        "--listen", f"127.0.0.1:{port}", "--data-dir", str(workdir / "cloud"), "--camera", f"{CAMERA}={TOKEN}",
+        "--weights", str(weights), "--detector", str(args.detector), "--ready-file", str(ready),
+        "--detections-jsonl", str(workdir / "detections.jsonl"), *threads], workdir, {})
+    processes = [cloud]
+    edge = None
+    try:
+        wait_until(ready.exists, 180, "the cloud server", processes, workdir)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        results: list = []
+        feed = detections_pb2_grpc.DetectionsStub(channel).Subscribe(detections_pb2.SubscribeRequest())
+
+        def print_feed() -> None:
+            try:
+                for result in feed:
+                    results.append(result)
+                    print(format_result(result), flush=True)
+            except grpc.RpcError:
+                pass
+
+        threading.Thread(target=print_feed, daemon=True).start()
+        edge = launch("edge", "edge_node.cli", [
+            "--camera-id", CAMERA, "--cloud", f"127.0.0.1:{port}", "--source", str(args.video),
+            "--max-frames", str(args.frames), "--fps", str(args.fps), "--width", str(args.width),
+            "--height", str(args.height), "--data-dir", str(workdir / "edge"), "--weights", str(weights), *threads,
+        ], workdir, {"ICMH_EDGE_TOKEN": TOKEN})
+        processes.append(edge)
+        wait_until(lambda: len(results) >= args.frames, 60 + 10 * args.frames, f"{args.frames} detection results",
+                   processes, workdir)
+
+        frame_id = args.inspect or args.frames
+        original = original_frame(args, frame_id)
+        stub = operator_pb2_grpc.OperatorStub(channel)
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(f"\ndemo: inspecting frame {frame_id} of {CAMERA}")
+        for name, quality in (("machine", operator_pb2.QUALITY_MACHINE), ("human", operator_pb2.QUALITY_HUMAN)):
+            reply = stub.GetFrame(operator_pb2.GetFrameRequest(camera_id=CAMERA, frame_id=frame_id, quality=quality),
+                                  timeout=60)
+            path = args.out / f"frame{frame_id}_{name}.png"
+            path.write_bytes(reply.png)
+            bits = reply.base_bytes + reply.residual_bytes
+            print(f"  {name:7s} {path}: PSNR {psnr(decode_png(reply.png), original):.2f} dB vs the original, "
+                  f"{bits} B = {reply.base_bpp + reply.residual_bpp:.4f} bpp")
+        print(f"  detections: {format_detections(reply.detections)}")
+        feed.cancel()
+        channel.close()
+    finally:
+        codes = {}
+        for name, process in (("edge", edge), ("cloud", cloud)):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    codes[name] = process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    codes[name] = "killed after 60 s"
+        print(f"demo: shut down ({', '.join(f'{k} exit {v}' for k, v in codes.items())}); logs in {workdir}")
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
