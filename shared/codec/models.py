@@ -46,6 +46,21 @@ from .transforms import (
 ALIGNMENT = 64
 
 
+class SliceGaussianCodec(GaussianConditionalLatentCodec):
+    """Gaussian conditional slice codec whose encoder does not range-decode its own output.
+
+    CompressAI's version decodes the strings it just wrote to get ``ŷ``; ``round(y - μ) + μ``
+    is the same tensor, bit for bit, without the second pass through the range coder.
+    """
+
+    def compress(self, y: Tensor, ctx_params: Tensor) -> dict[str, Any]:
+        scales_hat, means_hat = self._chunk(self.entropy_parameters(ctx_params))
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means_hat)
+        y_hat = self.gaussian_conditional.quantize(y, "dequantize", means_hat)
+        return {"strings": [y_strings], "shape": y.shape[2:4], "y_hat": y_hat}
+
+
 class SliceLatentCodec(ChannelGroupsLatentCodec):
     """CompressAI's channel-groups codec, decoding from per-slice ``(H, W)`` shapes.
 
@@ -104,7 +119,7 @@ class ChannelARCodec(CompressionModel):
             groups=[s] * coded,
             channel_context={f"y{k}": channel_context(k * s, context) for k in range(1, coded)},
             latent_codec={
-                f"y{k}": GaussianConditionalLatentCodec(
+                f"y{k}": SliceGaussianCodec(
                     entropy_parameters=entropy_parameters(side + (context if k else 0), s),
                     quantizer="ste",
                 )
