@@ -12,14 +12,9 @@ both services down with SIGTERM. Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +26,10 @@ import grpc  # noqa: E402
 from cloud_server.operator_cli import format_detections, format_result  # noqa: E402
 from edge_node.source import FrameSource  # noqa: E402
 from shared.codec.weights import LAYER_FILES, SHIPPED_DIR  # noqa: E402
-from shared.rpc import detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc  # noqa: E402
+from shared.rpc import operator_pb2, operator_pb2_grpc  # noqa: E402
+from shared.service.feed import DetectionFeed  # noqa: E402
 from shared.service.images import decode_png, psnr  # noqa: E402
+from shared.service.local import LOOPBACK, LocalServices, ServiceError  # noqa: E402
 
 CAMERA, TOKEN = "demo-cam", "demo-token"
 
@@ -69,32 +66,6 @@ def weights_folder(args: argparse.Namespace, workdir: Path) -> Path:
     return SHIPPED_DIR
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(name: str, module: str, argv: list[str], workdir: Path, env: dict[str, str]) -> subprocess.Popen:
-    log = (workdir / f"{name}.log").open("w")
-    print(f"demo: starting {name} (log: {workdir / f'{name}.log'})")
-    return subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
-
-
-def wait_until(condition, timeout: float, what: str, processes: list[subprocess.Popen], workdir: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for process in processes:
-            if process.poll() is not None:
-                name = "cloud" if "cloud_server" in " ".join(process.args) else "edge"
-                tail = (workdir / f"{name}.log").read_text()[-2000:]
-                sys.exit(f"demo: the {name} exited ({process.returncode}) while waiting for {what}:\n{tail}")
-        if time.monotonic() > deadline:
-            sys.exit(f"demo: timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def original_frame(args: argparse.Namespace, frame_id: int):
     """The frame the edge captured as ``frame_id`` (ids count video frames from 1 in a fresh edge store)."""
     source = FrameSource(str(args.video), size=(args.width, args.height), max_frames=frame_id)
@@ -102,6 +73,26 @@ def original_frame(args: argparse.Namespace, frame_id: int):
         return list(source.frames(threading.Event()))[-1].image
     finally:
         source.close()
+
+
+def inspect(args: argparse.Namespace, port: int) -> None:
+    """Save one frame in MACHINE and HUMAN quality, with its PSNR against the original."""
+    frame_id = args.inspect or args.frames
+    original = original_frame(args, frame_id)
+    channel = grpc.insecure_channel(f"{LOOPBACK}:{port}")
+    stub = operator_pb2_grpc.OperatorStub(channel)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"\ndemo: inspecting frame {frame_id} of {CAMERA}")
+    for name, quality in (("machine", operator_pb2.QUALITY_MACHINE), ("human", operator_pb2.QUALITY_HUMAN)):
+        reply = stub.GetFrame(operator_pb2.GetFrameRequest(camera_id=CAMERA, frame_id=frame_id, quality=quality),
+                              timeout=60)
+        path = args.out / f"frame{frame_id}_{name}.png"
+        path.write_bytes(reply.png)
+        bits = reply.base_bytes + reply.residual_bytes
+        print(f"  {name:7s} {path}: PSNR {psnr(decode_png(reply.png), original):.2f} dB vs the original, "
+              f"{bits} B = {reply.base_bpp + reply.residual_bpp:.4f} bpp")
+    print(f"  detections: {format_detections(reply.detections)}")
+    channel.close()
 
 
 def main() -> int:
@@ -112,64 +103,25 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="icmh-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     weights = weights_folder(args, workdir)
-    port, ready = free_port(), workdir / "cloud.port"
-    threads = ["--threads", str(args.threads), "--metrics-port", "0"]
-    cloud = launch("cloud", "cloud_server.cli", [
-        "--listen", f"127.0.0.1:{port}", "--data-dir", str(workdir / "cloud"), "--camera", f"{CAMERA}={TOKEN}",
-        "--weights", str(weights), "--detector", str(args.detector), "--ready-file", str(ready),
-        "--detections-jsonl", str(workdir / "detections.jsonl"), *threads], workdir, {})
-    processes = [cloud]
-    edge = None
+    services = LocalServices(workdir)
     try:
-        wait_until(ready.exists, 180, "the cloud server", processes, workdir)
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        results: list = []
-        feed = detections_pb2_grpc.DetectionsStub(channel).Subscribe(detections_pb2.SubscribeRequest())
-
-        def print_feed() -> None:
-            try:
-                for result in feed:
-                    results.append(result)
-                    print(format_result(result), flush=True)
-            except grpc.RpcError:
-                pass
-
-        threading.Thread(target=print_feed, daemon=True).start()
-        edge = launch("edge", "edge_node.cli", [
-            "--camera-id", CAMERA, "--cloud", f"127.0.0.1:{port}", "--source", str(args.video),
-            "--max-frames", str(args.frames), "--fps", str(args.fps), "--width", str(args.width),
-            "--height", str(args.height), "--data-dir", str(workdir / "edge"), "--weights", str(weights), *threads,
-        ], workdir, {"ICMH_EDGE_TOKEN": TOKEN})
-        processes.append(edge)
-        wait_until(lambda: len(results) >= args.frames, 60 + 10 * args.frames, f"{args.frames} detection results",
-                   processes, workdir)
-
-        frame_id = args.inspect or args.frames
-        original = original_frame(args, frame_id)
-        stub = operator_pb2_grpc.OperatorStub(channel)
-        args.out.mkdir(parents=True, exist_ok=True)
-        print(f"\ndemo: inspecting frame {frame_id} of {CAMERA}")
-        for name, quality in (("machine", operator_pb2.QUALITY_MACHINE), ("human", operator_pb2.QUALITY_HUMAN)):
-            reply = stub.GetFrame(operator_pb2.GetFrameRequest(camera_id=CAMERA, frame_id=frame_id, quality=quality),
-                                  timeout=60)
-            path = args.out / f"frame{frame_id}_{name}.png"
-            path.write_bytes(reply.png)
-            bits = reply.base_bytes + reply.residual_bytes
-            print(f"  {name:7s} {path}: PSNR {psnr(decode_png(reply.png), original):.2f} dB vs the original, "
-                  f"{bits} B = {reply.base_bpp + reply.residual_bpp:.4f} bpp")
-        print(f"  detections: {format_detections(reply.detections)}")
-        feed.cancel()
-        channel.close()
+        with services:
+            print(f"demo: starting the cloud server (log: {workdir / 'cloud.log'})")
+            _, port = services.start_cloud({CAMERA: TOKEN}, weights, args.detector, threads=args.threads,
+                                           detections_jsonl=workdir / "detections.jsonl")
+            feed = DetectionFeed(port, on_result=lambda result: print(format_result(result), flush=True))
+            print(f"demo: starting the edge node (log: {workdir / f'edge-{CAMERA}.log'})")
+            services.start_edge(CAMERA, TOKEN, port, args.video, weights, threads=args.threads, extra=[
+                "--max-frames", str(args.frames), "--fps", str(args.fps), "--width", str(args.width),
+                "--height", str(args.height)])
+            services.wait_for(lambda: len(feed.results) >= args.frames, 60 + 10 * args.frames,
+                              f"{args.frames} detection results")
+            inspect(args, port)
+            feed.close()
+    except (ServiceError, TimeoutError) as exc:
+        sys.exit(f"demo: {exc}")
     finally:
-        codes = {}
-        for name, process in (("edge", edge), ("cloud", cloud)):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    codes[name] = process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    codes[name] = "killed after 60 s"
+        codes = services.exit_codes
         print(f"demo: shut down ({', '.join(f'{k} exit {v}' for k, v in codes.items())}); logs in {workdir}")
     return 0 if all(code == 0 for code in codes.values()) else 1
 

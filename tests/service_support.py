@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import functools
-import json
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 
@@ -21,32 +18,16 @@ from cloud_server.server import CloudServer, CloudSettings
 from edge_node.link import LinkSettings
 from edge_node.node import EdgeNode, EdgeSettings
 from edge_node.source import FrameSource
+from shared.bench.delivery import read_jsonl
 from shared.codec.api import ScalableCodec
-from shared.rpc import detections_pb2, detections_pb2_grpc, edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
+from shared.rpc import edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
+from shared.service.feed import DetectionFeed as Subscriber  # noqa: F401 - used by the tests
 from shared.service.grpc_setup import channel_options
+from shared.service.local import free_port, wait_for  # noqa: F401 - used by the tests
 
-T = TypeVar("T")
 FRAME_SIZE = (320, 192)  # small frames: fast on 2 shared cores
 DETECTOR_IMGSZ = 320
 VIDEO = Path("data") / "traffic" / "cvtrafficcam_street.mp4"
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
-    """Poll ``condition`` every 50 ms until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,12 +73,6 @@ def encode_frames(codec: ScalableCodec, shared_dir: Path, count: int, rate: floa
         source.close()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def frame_ids(path: Path, camera_id: str) -> list[int]:
     """Frame ids of one camera's results in a JSON Lines sink, in file order."""
     return [r["frame_id"] for r in read_jsonl(path) if r["camera_id"] == camera_id]
@@ -119,32 +94,6 @@ def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
     except grpc.RpcError as exc:
         return exc
     raise AssertionError("the call succeeded; an error was expected")
-
-
-class Subscriber:
-    """Collects ``Detections.Subscribe`` results in a background thread."""
-
-    def __init__(self, port: int, camera_ids: list[str], class_names: list[str] | None = None) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
-        request = detections_pb2.SubscribeRequest(camera_ids=camera_ids, class_names=class_names or [])
-        self.call = detections_pb2_grpc.DetectionsStub(self.channel).Subscribe(request)
-        self.results: list = []
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        try:
-            for result in self.call:
-                self.results.append(result)
-        except grpc.RpcError:
-            pass
-
-    def ids(self, camera_id: str) -> list[int]:
-        return [r.frame_id for r in self.results if r.camera_id == camera_id]
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.channel.close()
 
 
 class RawEdge:

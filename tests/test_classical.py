@@ -9,7 +9,7 @@ import pytest
 
 from shared.bench import classical
 from shared.bench.classical import CLASSICAL_CODECS, select_codecs
-from shared.bench.human_quality import psnr
+from shared.service.images import psnr
 
 
 def _test_image(height: int = 45, width: int = 67) -> np.ndarray:

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from PIL import Image, features
 
+from shared.service.images import decode_png
+
 EncodeDecode = Callable[[np.ndarray, float], tuple[bytes, np.ndarray]]
 
 
@@ -56,18 +58,11 @@ def opencv_encode(image: np.ndarray, name: str, quality: float) -> bytes:
     return buf.tobytes()
 
 
-def opencv_decode(data: bytes) -> np.ndarray:
-    """RGB image of a JPEG / WebP file."""
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise RuntimeError("OpenCV could not decode the image")
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
 
 def _opencv(name: str) -> EncodeDecode:
     def encode_decode(image: np.ndarray, quality: float) -> tuple[bytes, np.ndarray]:
         data = opencv_encode(image, name, quality)
-        return data, opencv_decode(data)
+        return data, decode_png(data)
 
     return encode_decode
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from pytorch_msssim import ms_ssim
 
+from shared.service.images import psnr
+
 from .curves import Evaluate, bd_rate_table, measure_curve
 from .datasets import KODAK, list_images, read_rgb
 from .lineup import BenchOptions, build_lineup, set_threads
@@ -25,11 +27,6 @@ RESIDUAL_CODECS = ("pr-icmh", "fr-icmh")
 ANCHORS = ("webp", "jpeg")
 METRICS = {"psnr": "PSNR RGB (dB)", "ms_ssim": "MS-SSIM"}
 
-
-def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
-    """PSNR in dB over all RGB samples of two uint8 images (inf when identical)."""
-    mse = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
 
 
 def msssim(reference: np.ndarray, decoded: np.ndarray) -> float:

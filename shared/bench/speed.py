@@ -23,7 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .classical import OPENCV_FORMATS, opencv_decode, opencv_encode
+from shared.service.images import decode_png
+
+from .classical import OPENCV_FORMATS, opencv_encode
 from .datasets import TRAFFIC_VIDEO, read_video_frames
 from .detector import PREDICT_ARGS, Detector
 from .learned import LearnedCodecs, load_learned
@@ -115,7 +117,7 @@ def _stages(frames: list[np.ndarray], learned: LearnedCodecs, rate: float, detec
     for name in OPENCV_FORMATS:
         enc = f"{name} encode q{CLASSICAL_QUALITY}"
         stages.append(Stage(enc, lambda i, n=name: opencv_encode(frames[i], n, CLASSICAL_QUALITY), encodes=True))
-        stages.append(Stage(f"{name} decode q{CLASSICAL_QUALITY}", lambda i, e=enc: opencv_decode(results[e][i])))
+        stages.append(Stage(f"{name} decode q{CLASSICAL_QUALITY}", lambda i, e=enc: decode_png(results[e][i])))
     stages.append(Stage("yolov8n detect (on machine image)", lambda i: detector.detect(results[machine_dec][i])))
     return [_recording(stage, results) for stage in stages]
 

@@ -194,6 +194,7 @@ class Trainer:
         """Real compress/decompress on held-out images at three rates."""
         from ..codec.api import ScalableCodec
         from ..codec.weights import prepare
+        from ..service.images import psnr
 
         self.model.eval()
         self.model.update(force=True)
@@ -213,9 +214,8 @@ class Trainer:
                 else:
                     base, residual = codec.encode(image, 0.5, rate)
                     decoded, size = codec.decode_human(base, residual), len(base) + len(residual)
-                err = np.mean((decoded.astype(np.float64) - image) ** 2)
                 bpps.append(8 * size / pixels)
-                psnrs.append(10 * math.log10(255**2 / max(err, 1e-10)))
+                psnrs.append(min(psnr(image, decoded), 100.0))
             rows[f"bpp@{rate}"] = round(float(np.mean(bpps)), 4)
             rows[f"psnr@{rate}"] = round(float(np.mean(psnrs)), 3)
         self.model.train()
