@@ -1,7 +1,8 @@
-"""``bench`` subcommands: ``machine`` (mAP vs bpp), ``human`` (PSNR / MS-SSIM vs bpp), ``speed`` (fps, memory).
+"""``bench`` subcommands: ``machine`` (mAP vs bpp), ``human`` (PSNR / MS-SSIM vs bpp), ``speed`` (fps, memory),
+``service`` (one camera end to end through the gRPC service), ``scale`` (many cameras against one cloud).
 
 Hooked into ``icmh`` by ``add_bench_parser(subparsers)``; also runnable on its own as
-``python -m shared.bench.cli {machine,human,speed} ...``. Heavy imports happen only when a
+``python -m shared.bench.cli {machine,human,speed,service,scale} ...``. Heavy imports happen only when a
 benchmark runs, so building the parser stays cheap.
 """
 
@@ -34,6 +35,24 @@ def _sizes(text: str) -> tuple[tuple[int, int], ...]:
         raise argparse.ArgumentTypeError(f"expected sizes like 640x360,1280x720, got {text!r}") from None
 
 
+def _size(text: str) -> tuple[int, int]:
+    sizes = _sizes(text)
+    if len(sizes) != 1:
+        raise argparse.ArgumentTypeError(f"expected one size like 640x360, got {text!r}")
+    return sizes[0]
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts like 1,4,16, got {text!r}") from None
+
+
+def _command(args: argparse.Namespace) -> str:
+    return getattr(args, "command_line", None) or shlex.join(sys.argv)
+
+
 def _options(args: argparse.Namespace):
     from .lineup import BenchOptions
 
@@ -46,7 +65,7 @@ def _options(args: argparse.Namespace):
     return BenchOptions(
         weights=Path(args.weights) if args.weights else None, shared=Path(args.shared), out=Path(args.out),
         limit=args.limit, rates=args.rates, threads=args.threads,
-        command=getattr(args, "command_line", None) or shlex.join(sys.argv),
+        command=_command(args),
         codecs=args.codecs, bd_method=getattr(args, "bd_method", "pchip"),
     )
 
@@ -73,11 +92,39 @@ def cmd_speed(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _stream_options(args: argparse.Namespace):
+    from .datasets import TRAFFIC_VIDEO
+    from .streaming import StreamOptions
+
+    shared = Path(args.shared)
+    return StreamOptions(
+        weights=Path(args.weights) if args.weights else None, shared=shared, out=Path(args.out), threads=args.threads,
+        command=_command(args), source=Path(args.source) if args.source else shared / TRAFFIC_VIDEO, size=args.size,
+        fps=args.fps, detector=Path(args.detector) if args.detector else shared / "models" / "yolov8n.pt",
+        detector_imgsz=args.detector_imgsz, mode=args.mode, rate=args.rate, residual_rate=args.residual_rate,
+        workdir=Path(args.workdir) if args.workdir else None,
+    )
+
+
+def cmd_service(args: argparse.Namespace) -> None:
+    from .service import run_service
+
+    for path in run_service(_stream_options(args), args.frames, args.inspect):
+        print(path)
+
+
+def cmd_scale(args: argparse.Namespace) -> None:
+    from .scale import run_scale
+
+    for path in run_scale(_stream_options(args), args.cameras, args.seconds, args.edge):
+        print(path)
+
+
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``bench {machine,human,speed}`` to an ``icmh`` subparsers object; returns the ``bench`` parser."""
+    """Add ``bench {machine,human,speed,service,scale}`` to an ``icmh`` subparsers object; returns ``bench``."""
     from shared.cli import DEFAULT_SHARED  # at call time: shared.cli may import this module
 
-    bench = subparsers.add_parser("bench", help="benchmarks: machine task, human quality, speed",
+    bench = subparsers.add_parser("bench", help="benchmarks: machine task, human quality, speed, service, scale",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = bench.add_subparsers(dest="bench", required=True)
 
@@ -114,6 +161,37 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     s.add_argument("--frames", type=int, default=10, help="frames timed per size")
     s.add_argument("--detector", help="YOLO checkpoint (default SHARED/models/yolov8n.pt)")
     s.set_defaults(func=cmd_speed)
+
+    def streaming(p: argparse.ArgumentParser, fps: float) -> None:
+        p.add_argument("--weights", help="codec weights folder (default: shipped shared/weights)")
+        p.add_argument("--source", help="video the cameras stream (default SHARED/data/traffic/"
+                                        "cvtrafficcam_street.mp4)")
+        p.add_argument("--size", type=_size, default=_size("640x360"), help="frame size WxH the edges code")
+        p.add_argument("--fps", type=float, default=fps, help=f"frames per second per camera (default {fps:g})")
+        p.add_argument("--mode", choices=("pr", "fr"), default="pr", help="residual layer kind")
+        p.add_argument("--rate", type=float, default=0.5, help="base-layer rate R")
+        p.add_argument("--residual-rate", type=float, default=0.5, help="residual-layer rate R")
+        p.add_argument("--detector", help="cloud YOLO checkpoint (default SHARED/models/yolov8n.pt)")
+        p.add_argument("--detector-imgsz", type=int, default=640, help="cloud detector input size")
+        p.add_argument("--threads", type=int, default=2, help="torch threads of the cloud server (and of edge-node)")
+        p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for <name>.json / .png")
+        p.add_argument("--shared", default=str(DEFAULT_SHARED), help="the ../shared folder (data/, models/)")
+        p.add_argument("--workdir", help="data and logs of the services (default: a temporary folder, removed "
+                                         "after a successful run)")
+
+    v = sub.add_parser("service", help="one camera through the gRPC service on loopback: latency, bytes, GetFrame")
+    streaming(v, 5.0)
+    v.add_argument("--frames", type=int, default=60, help="frames the edge streams")
+    v.add_argument("--inspect", type=int, default=10, metavar="K", help="frames fetched by GetFrame MACHINE and HUMAN")
+    v.set_defaults(func=cmd_service)
+
+    c = sub.add_parser("scale", help="1, 4, 16 cameras against one cloud server: throughput, latency, cloud CPU/RSS")
+    streaming(c, 1.0)
+    c.add_argument("--cameras", type=_counts, default=_counts("1,4,16"), help="camera counts, one run each")
+    c.add_argument("--seconds", type=float, default=30.0, help="seconds each camera sends, per configuration")
+    c.add_argument("--edge", choices=("replay", "node"), default="replay",
+                   help="replay: pre-encoded layers through the edge's link code (light); node: edge-node processes")
+    c.set_defaults(func=cmd_scale)
     return bench
 
 

@@ -39,11 +39,12 @@ def stats(values: Iterable[float], percentiles: tuple[int, ...] = (50, 95, 99)) 
     return out
 
 
-def frames_numbered(edge_data_dir: Path) -> int:
-    """Frames an edge gave an id to (and so had to deliver), from its store; read after the edge stopped."""
+def edge_frames(edge_data_dir: Path) -> tuple[int, int]:
+    """(frames the edge gave an id to, so had to deliver; those still unacknowledged in its outbox), from its
+    store, read after the edge stopped."""
     store = EdgeStore(edge_data_dir / "edge.db")
     try:
-        return store.next_frame_id() - 1
+        return store.next_frame_id() - 1, store.outbox_usage().frames
     finally:
         store.close()
 
@@ -52,13 +53,15 @@ def frames_numbered(edge_data_dir: Path) -> int:
 class Delivery:
     """Frames of fresh edges (ids 1..n) and a fresh cloud, matched by (camera, frame id)."""
 
-    sent: Mapping[str, int]  # camera -> frames numbered by its edge
+    edges: Mapping[str, tuple[int, int]]  # camera -> (frames numbered, unacknowledged) by its edge
     sink: list[dict]  # JSON Lines records
     feed: list[tuple[Any, int]]  # (DetectionResult, arrival ns)
 
     @classmethod
-    def collect(cls, sent: Mapping[str, int], jsonl: Path, feed: DetectionFeed) -> Delivery:
-        return cls(sent, read_jsonl(jsonl), list(zip(feed.results, feed.arrivals_ns, strict=False)))
+    def collect(cls, edge_dirs: Mapping[str, Path], jsonl: Path, feed: DetectionFeed) -> Delivery:
+        """From the stores of stopped edges (camera -> data folder), the sink and the feed."""
+        edges = {camera: edge_frames(folder) for camera, folder in edge_dirs.items()}
+        return cls(edges, read_jsonl(jsonl), list(zip(feed.results, feed.arrivals_ns, strict=False)))
 
     def detected_keys(self) -> set[tuple[str, int]]:
         return {(r["camera_id"], r["frame_id"]) for r in self.sink}
@@ -70,13 +73,14 @@ class Delivery:
         return [(r["detect_ns"] - r["capture_ns"]) / 1e6 for r in self.sink]
 
     def counts(self) -> dict[str, int]:
-        expected = {(camera, i) for camera, n in self.sent.items() for i in range(1, n + 1)}
+        expected = {(camera, i) for camera, (n, _) in self.edges.items() for i in range(1, n + 1)}
         detected = self.detected_keys()
         return {
             "sent": len(expected),
+            "acked_by_cloud": len(expected) - sum(unacked for _, unacked in self.edges.values()),
             "detected": len(detected & expected),
             "published_on_feed": len({(r.camera_id, r.frame_id) for r, _ in self.feed}),
-            "dropped": len(expected - detected),
+            "dropped": len(expected - detected),  # not detected when the run ended
             "unexpected": len(detected - expected),
             "duplicated_in_sink": _repeats((r["camera_id"], r["frame_id"]) for r in self.sink),
             "duplicated_on_feed": _repeats((r.camera_id, r.frame_id) for r, _ in self.feed),

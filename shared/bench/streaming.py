@@ -50,6 +50,11 @@ class StreamOptions:
             if not path.is_file():
                 raise FileNotFoundError(f"{what} not found: {path}")
 
+    def edge_args(self) -> list[str]:
+        """``edge-node`` flags for the frame size, residual mode and rates."""
+        return ["--width", str(self.size[0]), "--height", str(self.size[1]), "--mode", self.mode,
+                "--rate", str(self.rate), "--residual-rate", str(self.residual_rate), "--fps", str(self.fps)]
+
     def metadata(self, image_count: int, weights: dict, extra: dict[str, Any]) -> dict[str, Any]:
         return run_metadata(self.command, image_count, self.threads, {
             "weights": weights, "video": str(self.source), "frame_size": f"{self.size[0]}x{self.size[1]}",
@@ -61,7 +66,9 @@ class StreamOptions:
 def load_codec(options: StreamOptions):  # -> (ScalableCodec, weights description); torch imported here
     """The edge codec of ``options`` (fails early on missing weights) and its description for the metadata."""
     from .learned import load_learned
+    from .lineup import set_threads
 
+    set_threads(options.threads)
     name = RESIDUAL_CODECS[options.mode]
     learned = load_learned(options.weights, (name,))
     codec = learned.codec(name)

@@ -2,7 +2,8 @@
 
 :class:`LocalServices` starts each process with its output in ``<workdir>/<name>.log``, notices when one
 exits while it is being waited for (:class:`ServiceError` with the end of its log) and stops them all
-with SIGTERM (then SIGKILL) when its ``with`` block ends, also on an error. Used by ``deploy/demo.py``,
+with SIGTERM (then SIGKILL) when its ``with`` block ends, also on an error or when the parent itself gets SIGTERM
+(in the main thread, the block turns it into ``SystemExit``). Used by ``deploy/demo.py``,
 ``icmh bench service`` / ``scale`` and the service tests.
 """
 
@@ -13,11 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -25,8 +27,8 @@ CLOUD_START_S = 180.0  # torch + YOLO import on a busy machine
 T = TypeVar("T")
 
 
-class ServiceError(RuntimeError):
-    """A service process exited while it was needed, or did not come up in time."""
+class ServiceError(ChildProcessError):
+    """A service process exited while it was needed (an ``OSError``, like the :class:`TimeoutError` of waits)."""
 
 
 def free_port() -> int:
@@ -50,6 +52,10 @@ def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "con
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(poll)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @dataclass
@@ -78,12 +84,20 @@ class LocalServices:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.processes: list[ServiceProcess] = []
         self.exit_codes: dict[str, int | str] = {}
+        self._previous_handler: Any = None
 
     def __enter__(self) -> LocalServices:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, _exit_on_signal)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop(self.processes)
+        try:
+            self.stop(self.processes)
+        finally:
+            if self._previous_handler is not None:
+                signal.signal(signal.SIGTERM, self._previous_handler)
+                self._previous_handler = None
 
     def launch(self, name: str, module: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
         """``python -m module argv...`` with stdout and stderr in ``<workdir>/<name>.log``."""
