@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--residual-timeout", type=float, default=5.0, help="seconds to wait for an edge's residual")
     lim.add_argument("--max-workers", type=int, default=64, help="gRPC threads (one per edge stream / subscriber)")
     p.add_argument("--metrics-port", type=int, default=9102, help="Prometheus port (0: disabled)")
+    p.add_argument("--metrics-addr", default="0.0.0.0", help="address the metrics endpoint binds (e.g. 127.0.0.1)")
     p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             max_message_bytes=int(args.max_message_mb * MIB), max_packet_bytes=int(args.max_packet_mb * MIB),
             residual_timeout_s=args.residual_timeout, retention_age_s=args.retention_days * 86400,
             retention_bytes=int(args.retention_gb * 1024**3), cache_frames=args.cache_frames,
-            max_workers=args.max_workers, metrics_port=args.metrics_port,
+            max_workers=args.max_workers, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         )
         server = CloudServer(settings)
         port = server.start()

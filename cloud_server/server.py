@@ -59,6 +59,7 @@ class CloudSettings:
     cache_frames: int = 64
     max_workers: int = 64  # every edge stream and subscription holds one worker thread
     metrics_port: int = 0
+    metrics_addr: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         if self.max_packet_bytes > self.max_message_bytes:
@@ -118,7 +119,9 @@ class CloudServer:
         self._server.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, self.settings.metrics_port)
+        self._metrics_endpoint = MetricsEndpoint(
+            self.metrics.registry, self.settings.metrics_port, self.settings.metrics_addr
+        )
         self._maintenance = threading.Thread(target=self._maintain, name="cloud-maintenance", daemon=True)
         self._maintenance.start()
         log.info("serving on port %d (%s), cameras: %s", self.port, "TLS" if self.settings.tls_cert else "plaintext",

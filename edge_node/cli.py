@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--reconnect-min", type=float, default=0.5, help="first reconnect delay, seconds")
     link.add_argument("--reconnect-max", type=float, default=30.0, help="longest reconnect delay, seconds")
     p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus port (0: disabled)")
+    p.add_argument("--metrics-addr", default="0.0.0.0", help="address the metrics endpoint binds (e.g. 127.0.0.1)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -79,7 +80,7 @@ def settings_from_args(args: argparse.Namespace):  # -> EdgeSettings (import def
         residual_rate=args.residual_rate, target_kbps=args.target_kbps,
         limits=StoreLimits(args.outbox_frames, int(args.outbox_mb * MIB), int(args.residual_store_mb * MIB),
                            args.residual_max_age_h * 3600),
-        metrics_port=args.metrics_port,
+        metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
     )
 
 

@@ -42,6 +42,7 @@ class EdgeSettings:
     target_kbps: float = 0.0
     limits: StoreLimits = field(default_factory=StoreLimits)
     metrics_port: int = 0
+    metrics_addr: str = "0.0.0.0"
 
 
 def make_hello(camera_id: str, token: str, codec: ScalableCodec, width: int, height: int) -> edge_pb2.Hello:
@@ -95,7 +96,9 @@ class EdgeNode:
         m.base_rate.set_function(lambda: self.rates.current.base)
 
     def start(self) -> None:
-        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, self.settings.metrics_port)
+        self._metrics_endpoint = MetricsEndpoint(
+            self.metrics.registry, self.settings.metrics_port, self.settings.metrics_addr
+        )
         for name, body in (("capture", self.capture.run), ("link", self._run_link)):
             thread = threading.Thread(target=self._guard(name, body), name=f"edge-{name}", daemon=True)
             thread.start()
