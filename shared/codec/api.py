@@ -46,11 +46,20 @@ def tensor_to_image(x: Tensor, height: int, width: int) -> np.ndarray:
 
 @dataclass
 class BaseEncoding:
-    """A coded base layer with the encoder's own decoded latent and machine image."""
+    """A coded base layer with the encoder's own decoded latent (and, on demand, machine image)."""
 
     data: bytes
     y_hat: Tensor
-    machine: Tensor  # padded float x̂_m, identical to what any decoder produces
+    synthesis: torch.nn.Module
+    _machine: Tensor | None = None
+
+    @property
+    def machine(self) -> Tensor:
+        """Padded float x̂_m, identical to what any decoder produces (computed once, when first needed)."""
+        if self._machine is None:
+            with torch.no_grad(), exact_arithmetic(True):
+                self._machine = self.synthesis(self.y_hat)
+        return self._machine
 
 
 class ScalableCodec:
@@ -91,13 +100,12 @@ class ScalableCodec:
         q = torch.tensor([q_index])
         with exact_arithmetic(True):
             out = self.base.model.compress(x, q)
-            machine = self.base.model.g_s(out["y_hat"])
         header = LayerHeader(
             LayerKind.BASE, self.base.model_id, self.base.weights_hash, q_index,
             image.shape[0], image.shape[1], pad_h, pad_w,
         )
         data = pack(header, [s[0] for s in out["strings"]])
-        return BaseEncoding(data, out["y_hat"], machine)
+        return BaseEncoding(data, out["y_hat"], self.base.model.g_s)
 
     @torch.no_grad()
     def encode_residual(self, image: np.ndarray, base: BaseEncoding, rate: float = 0.5) -> bytes:
