@@ -62,9 +62,10 @@ class CloudCodecs:
                                  f"{width}x{height}")
         return header
 
-    def decode_machine(self, base: bytes) -> np.ndarray:
+    def decode_machine(self, base: bytes, exact_pixels: bool = True) -> np.ndarray:
+        """Machine image; ``exact_pixels=False`` (the detector's input) uses the fast float32 synthesis."""
         with self._lock:
-            return self._codecs["machine"].decode_machine(base)
+            return self._codecs["machine"].decode_machine(base, exact_pixels)
 
     def decode_human(self, base: bytes, residual: bytes) -> np.ndarray:
         """Human image from a base layer and its residual layer (PR or FR, as the residual says)."""

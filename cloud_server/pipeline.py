@@ -79,7 +79,7 @@ class DetectionPipeline:
         for record, base in batch:
             start = time.perf_counter()
             try:
-                decoded.append((record, self.codecs.decode_machine(base)))
+                decoded.append((record, self.codecs.decode_machine(base, exact_pixels=False)))
             except (BitstreamError, ValueError) as exc:
                 log.error("camera %s frame %d: cannot decode: %s", record.camera_id, record.frame_id, exc)
                 self.metrics.errors.labels("decode").inc()

@@ -216,3 +216,12 @@ def test_shipped_weights_rate_increases_stream_size(shared_dir: Path) -> None:
     assert base_sizes[0] < base_sizes[1] < base_sizes[2]
     residual_sizes = [len(codec.encode_residual(image, encodings[1], r)) for r in (0.0, 0.5, 1.0)]
     assert residual_sizes[0] < residual_sizes[1] < residual_sizes[2]
+
+
+def test_fast_pixels_decode_the_same_latent_and_nearly_the_same_image(shared_dir: Path) -> None:
+    """The detector's float32 synthesis differs from the exact one by at most a level or two."""
+    codec = ScalableCodec.from_weights(with_residual=False)
+    image = kodak(shared_dir, "19.png")[:200, :300]
+    data = codec.encode_base(image, 0.5).data
+    exact, fast = codec.decode_machine(data), codec.decode_machine(data, exact_pixels=False)
+    assert np.abs(exact.astype(int) - fast.astype(int)).max() <= 2

@@ -138,7 +138,7 @@ class ChannelARCodec(CompressionModel):
         out["y_hat"] = self.gain.unscale(out["y_hat"], q)
         return out
 
-    def _code_decompress(self, strings: list[list[bytes]], shape: dict, q: Tensor) -> Tensor:
+    def decompress_latent(self, strings: list[list[bytes]], shape: dict, q: Tensor) -> Tensor:
         y_hat = self.latent_codec.decompress(strings, shape)["y_hat"]
         return self.gain.unscale(y_hat, q)
 
@@ -165,7 +165,7 @@ class ImageCodec(ChannelARCodec):
         return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
 
     def decompress(self, strings: list[list[bytes]], shape: dict, q: Tensor) -> dict[str, Any]:
-        y_hat = self._code_decompress(strings, shape, q)
+        y_hat = self.decompress_latent(strings, shape, q)
         return {"x_hat": self.g_s(y_hat), "y_hat": y_hat}
 
 
@@ -193,7 +193,7 @@ class FeatureResidualCodec(ChannelARCodec):
     def decompress(
         self, strings: list[list[bytes]], shape: dict, q: Tensor, ym_hat: Tensor
     ) -> dict[str, Any]:
-        ya_hat = self._code_decompress(strings, shape, q)
+        ya_hat = self.decompress_latent(strings, shape, q)
         return {"x_hat": self.g_s(self._fuse(ym_hat, ya_hat)), "y_hat": ya_hat}
 
 
