@@ -30,6 +30,7 @@ from torch import Tensor
 from ..codec.exact import exact_arithmetic
 from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model
 from ..codec.rate import RATE_STEPS, lambda_for_index
+from ..codec.weights import LoadedModel, load_layer, prepare
 from .data import CropSampler, load_training_set
 from .masks import cached_masks
 
@@ -85,12 +86,12 @@ class Trainer:
         self.arch = cfg.architecture or KIND_ARCHITECTURE[cfg.kind]
         self.model = build_model(self.arch)
         self.base: ChannelARCodec | None = None
+        self.base_layer: LoadedModel | None = None  # the frozen base with its identity (pr / fr)
         if cfg.kind in ("pr", "fr"):
             if cfg.base_weights is None:
                 raise ValueError("residual training needs --base-weights (the frozen SA-ICM)")
-            from ..codec.weights import load_model
-
-            self.base = load_model(cfg.base_weights)[0].eval()
+            self.base_layer = load_layer(cfg.base_weights)
+            self.base = self.base_layer.model
             for p in self.base.parameters():
                 p.requires_grad_(False)
         params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
@@ -193,16 +194,15 @@ class Trainer:
     def validate(self, held: list[np.ndarray]) -> dict[str, float]:
         """Real compress/decompress on held-out images at three rates."""
         from ..codec.api import ScalableCodec
-        from ..codec.weights import prepare
         from ..service.images import psnr
 
         self.model.eval()
         self.model.update(force=True)
         layer = prepare(self.model, self.arch)
-        if self.base is None:
+        if self.base_layer is None:
             codec = ScalableCodec(layer)
         else:
-            codec = ScalableCodec(prepare(self.base, "sa-icm"), layer, mode=self.cfg.kind)
+            codec = ScalableCodec(self.base_layer, layer, mode=self.cfg.kind)
         rows = {}
         for rate in (0.0, 0.5, 1.0):
             bpps, psnrs = [], []
