@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from shared.codec import BitstreamError, ScalableCodec, inspect
 from shared.codec.api import image_to_tensor, tensor_to_image
 from shared.codec.bitstream import LayerHeader, LayerKind, pack, unpack
+from shared.codec.exact import exact_arithmetic
 from tests.conftest import make_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,3 +227,24 @@ def test_fast_pixels_decode_the_same_latent_and_nearly_the_same_image(shared_dir
     data = codec.encode_base(image, 0.5).data
     exact, fast = codec.decode_machine(data), codec.decode_machine(data, exact_pixels=False)
     assert np.abs(exact.astype(int) - fast.astype(int)).max() <= 2
+
+
+def test_fast_decode_in_one_thread_leaves_exact_decode_in_another(codec: ScalableCodec, photo: np.ndarray) -> None:
+    """The exact/fast switch is per thread: the cloud's detector thread cannot change an operator's pixels."""
+    data = codec.encode_base(photo, 0.5).data
+    reference = codec.decode_machine(data)
+    stop = threading.Event()
+
+    def keep_switching_to_fast() -> None:
+        while not stop.is_set():
+            with exact_arithmetic(False):
+                stop.wait(0.001)
+
+    switcher = threading.Thread(target=keep_switching_to_fast)
+    switcher.start()
+    try:
+        for _ in range(3):
+            np.testing.assert_array_equal(codec.decode_machine(data), reference)
+    finally:
+        stop.set()
+        switcher.join()

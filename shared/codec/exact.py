@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -34,19 +35,25 @@ ACT_INT_LIMIT = 2**23  # |activation| <= 2048 after quantisation
 WEIGHT_BITS = 14  # |weight integer| <= 2**14
 EXACT_LIMIT = 2**53  # float64 represents every integer below this exactly
 
-_exact_enabled = True
+
+class _ExactSwitch(threading.local):
+    """Per-thread switch: one thread's fast float32 decode must never change another thread's pixels."""
+
+    enabled = True
+
+
+_switch = _ExactSwitch()
 
 
 @contextlib.contextmanager
 def exact_arithmetic(enabled: bool) -> Iterator[None]:
-    """Temporarily enable or disable the exact path (e.g. frozen models in training)."""
-    global _exact_enabled
-    previous = _exact_enabled
-    _exact_enabled = enabled
+    """Enable or disable the exact path in the calling thread (e.g. frozen models in training)."""
+    previous = _switch.enabled
+    _switch.enabled = enabled
     try:
         yield
     finally:
-        _exact_enabled = previous
+        _switch.enabled = previous
 
 
 def quantize_activation(x: Tensor) -> Tensor:
@@ -77,7 +84,7 @@ class _ExactMixin:
             raise ValueError(f"fan-in {fan_in} too large for exact float64 accumulation")
 
     def _use_exact(self) -> bool:
-        return not self.training and _exact_enabled
+        return not self.training and _switch.enabled
 
     def _integer_operands(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None, float]:
         exponent = weight_exponent(self.weight)
