@@ -78,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         crop=args.crop, lr=args.lr, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
         validate_every=args.validate_every, max_minutes=args.max_minutes,
         init_from=Path(args.init_from) if args.init_from else None, architecture=args.architecture,
+        background_weight=args.background_weight,
     )
     Trainer(cfg).run()
 
@@ -124,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--shared", default=str(DEFAULT_SHARED), help="folder with data/ (../shared)")
     t.add_argument("--base-weights", help="frozen SA-ICM weights or checkpoint (residual training)")
     t.add_argument("--masks", default="boxes", choices=("boxes", "edges", "boxes+edges", "sam"))
-    t.add_argument("--detector", help="YOLO checkpoint for box masks of unlabelled images")
+    t.add_argument("--detector", help="YOLO checkpoint: box masks of unlabelled images and, for the base, "
+                                      "checkpoint selection by detection fidelity (best.pt)")
+    t.add_argument("--background-weight", type=float, default=0.0,
+                   help="base: weight of the squared error outside the mask (0 = SA-ICM as published)")
     t.add_argument("--sam-checkpoint", help="Segment Anything checkpoint (--masks sam)")
     t.add_argument("--architecture", help="registered architecture (default per layer)")
     t.add_argument("--lambda-min", type=float)

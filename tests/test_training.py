@@ -15,7 +15,7 @@ import torch
 
 from shared.codec import ScalableCodec
 from shared.codec.weights import export_weights
-from shared.training.data import check_training_path, load_training_set
+from shared.training.data import check_training_path, load_detection_monitor_set, load_training_set
 from shared.training.masks import SamBoundaries, boxes_to_mask, edge_mask
 from shared.training.trainer import TrainConfig, Trainer
 
@@ -96,7 +96,7 @@ def mini_shared(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     rt4 = root / "data" / "road_traffic4" / "train"
     (rt4 / "images").mkdir(parents=True)
     (rt4 / "labels").mkdir(parents=True)
-    for p in sorted((data / "road_traffic4" / "train" / "images").glob("*.jpg"))[:3]:
+    for p in sorted((data / "road_traffic4" / "train" / "images").glob("*.jpg"))[:15]:
         shutil.copy(p, rt4 / "images")
         shutil.copy(data / "road_traffic4" / "train" / "labels" / (p.stem + ".txt"), rt4 / "labels")
     return root
@@ -105,17 +105,27 @@ def mini_shared(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_training_set_excludes_held_out_and_reads_labels(mini_shared: Path) -> None:
     train = load_training_set(mini_shared)
     keys = [s.key for s in train.samples]
-    assert len(keys) == 6 and not any("/val/" in k for k in keys)
+    assert len(keys) == 3 + 14 and not any("/val/" in k for k in keys)
     assert sum(s.boxes is not None and len(s.boxes) > 0 for s in train.samples) >= 1
 
 
-def test_train_resume_export_and_residual_cycle(mini_shared: Path, tmp_path: Path) -> None:
+def test_detection_monitor_images_are_never_trained_on(mini_shared: Path) -> None:
+    monitor = [s.key for s in load_detection_monitor_set(mini_shared).samples]
+    train = {s.key for s in load_training_set(mini_shared).samples}
+    assert len(monitor) == 1 and monitor[0].startswith("road_traffic4/train/") and monitor[0] not in train
+
+
+def test_train_resume_export_and_residual_cycle(mini_shared: Path, shared_dir: Path, tmp_path: Path) -> None:
     common = dict(shared_dir=mini_shared, steps=3, batch=2, crop=64, threads=1, validate_every=1000)
     base_cfg = TrainConfig(kind="base", out_dir=tmp_path / "base", architecture="sa-icm-tiny", mask_provider="edges",
-                           **common)
+                           detector=shared_dir / "models" / "yolov8n.pt", background_weight=0.05, **common)
     Trainer(base_cfg).run()
     rows = list(csv.DictReader(open(tmp_path / "base" / "val.csv")))
-    assert rows and float(rows[-1]["bpp@1.0"]) > 0
+    assert [int(r["step"]) for r in rows] == [0, 3] and float(rows[-1]["bpp@1.0"]) > 0
+    assert all(0.0 <= float(r["detection"]) <= 1.0 for r in rows)  # detector-based checkpoint selection ran
+    best = json.loads((tmp_path / "base" / "best.json").read_text())
+    assert best["detection"] == max(float(r["detection"]) for r in rows)
+    assert torch.load(tmp_path / "base" / "best.pt", weights_only=False)["step"] == best["step"]
 
     resumed = Trainer(TrainConfig(**{**base_cfg.__dict__, "steps": 5}))
     assert resumed.step == 3

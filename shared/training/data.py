@@ -63,8 +63,33 @@ class TrainingSet:
         return len(self.samples)
 
 
+DETECTION_MONITOR_EVERY = 15  # every 15th road_traffic4/train image is kept out of training ...
+VIDEO_MONITOR_TAIL = 0.15  # ... and so is the last 15 % of each traffic video
+VIDEO_MONITOR_STRIDE = 12
+
+
+def _is_detection_monitor(index: int) -> bool:
+    return index % DETECTION_MONITOR_EVERY == DETECTION_MONITOR_EVERY - 1
+
+
+def _video_frames(video: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return frames
+
+
 def load_training_set(shared_dir: Path, video_stride: int = 4, held_out: bool = False) -> TrainingSet:
-    """Load the training images (or, with ``held_out``, the bsds500/val monitoring images)."""
+    """Load the training images (or, with ``held_out``, the bsds500/val monitoring images).
+
+    Part of the training sets is kept out of training for detector-based checkpoint selection
+    (:func:`load_detection_monitor_set`).
+    """
     data = shared_dir / "data"
     out = TrainingSet()
     if held_out:
@@ -76,23 +101,33 @@ def load_training_set(shared_dir: Path, video_stride: int = 4, held_out: bool = 
             check_training_path(path)
             out.samples.append(Sample(f"bsds500/{split}/{path.name}", read_rgb(path)))
     rt4 = data / "road_traffic4" / "train"
-    for path in sorted((rt4 / "images").glob("*.jpg")):
+    for index, path in enumerate(sorted((rt4 / "images").glob("*.jpg"))):
         check_training_path(path)
+        if _is_detection_monitor(index):
+            continue
         image = read_rgb(path)
         boxes = read_yolo_boxes(rt4 / "labels" / (path.stem + ".txt"), *image.shape[:2])
         out.samples.append(Sample(f"road_traffic4/train/{path.name}", image, boxes))
     for video in sorted((data / "traffic").glob("*.mp4")):
-        capture = cv2.VideoCapture(str(video))
-        index = 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if index % video_stride == 0:
-                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                out.samples.append(Sample(f"traffic/{video.name}#{index}", rgb))
-            index += 1
-        capture.release()
+        frames = _video_frames(video)
+        train_end = int(len(frames) * (1 - VIDEO_MONITOR_TAIL))
+        for index in range(0, train_end, video_stride):
+            out.samples.append(Sample(f"traffic/{video.name}#{index}", frames[index]))
+    return out
+
+
+def load_detection_monitor_set(shared_dir: Path) -> TrainingSet:
+    """Training-set images never trained on, to select checkpoints by detector accuracy: every
+    15th road_traffic4/train image and frames from the last 15 % of each traffic video."""
+    data = shared_dir / "data"
+    out = TrainingSet()
+    for index, path in enumerate(sorted((data / "road_traffic4" / "train" / "images").glob("*.jpg"))):
+        if _is_detection_monitor(index):
+            out.samples.append(Sample(f"road_traffic4/train/{path.name}", read_rgb(path)))
+    for video in sorted((data / "traffic").glob("*.mp4")):
+        frames = _video_frames(video)
+        for index in range(int(len(frames) * (1 - VIDEO_MONITOR_TAIL)), len(frames), VIDEO_MONITOR_STRIDE):
+            out.samples.append(Sample(f"traffic/{video.name}#{index}", frames[index]))
     return out
 
 

@@ -31,9 +31,11 @@ from ..codec.exact import exact_arithmetic
 from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model
 from ..codec.rate import RATE_STEPS, lambda_for_index
 from ..codec.weights import LoadedModel, load_layer, prepare
-from .data import CropSampler, load_training_set
+from .data import CropSampler, load_detection_monitor_set, load_training_set
 from .masks import cached_masks
 
+MONITOR_CLASSES = (0, 1, 2, 3, 5, 7)  # COCO person, bicycle, car, motorcycle, bus, truck
+MONITOR_RATES = (0.2, 0.6)
 KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh", "fr": "fr-icmh", "single": "single"}
 DEFAULT_LAMBDAS = {"base": (0.002, 0.06), "pr": (0.002, 0.05), "fr": (0.002, 0.05), "single": (0.002, 0.05)}
 
@@ -60,6 +62,7 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     init_from: Path | None = None  # warm start (matching parameters only)
+    background_weight: float = 0.0  # base: weight of the squared error outside the mask (0: SA-ICM as published)
     extra: dict = field(default_factory=dict)
 
     def lambdas(self) -> tuple[float, float]:
@@ -109,6 +112,8 @@ class Trainer:
             group["lr"] = cfg.lr
         self.log_path = cfg.out_dir / "log.csv"
         self.val_path = cfg.out_dir / "val.csv"
+        self.best_path = cfg.out_dir / "best.pt"
+        self.monitor: DetectionMonitor | None = None
 
     # -- persistence ---------------------------------------------------------------------
     def _resume(self) -> None:
@@ -171,8 +176,11 @@ class Trainer:
             out = self.model(x, q)
             err = out["x_hat"] - x
             if mask is not None:
-                err = err * mask
-            mse = err.pow(2).flatten(1).mean(1)
+                # SA-ICM: only the masked error counts; an optional small background weight anchors colours.
+                weight = mask + self.cfg.background_weight * (1 - mask)
+                mse = (err.pow(2) * weight).flatten(1).mean(1)
+            else:
+                mse = err.pow(2).flatten(1).mean(1)
         else:
             assert self.base is not None
             q_base = torch.randint(0, RATE_STEPS + 1, (x.shape[0],))
@@ -218,12 +226,18 @@ class Trainer:
                 psnrs.append(min(psnr(image, decoded), 100.0))
             rows[f"bpp@{rate}"] = round(float(np.mean(bpps)), 4)
             rows[f"psnr@{rate}"] = round(float(np.mean(psnrs)), 3)
+        if self.monitor is not None:
+            rows.update(self.monitor.evaluate(codec))
         self.model.train()
         return rows
 
     def run(self) -> None:
         cfg = self.cfg
         sampler, held = self._data()
+        if cfg.kind == "base" and cfg.detector is not None:
+            self.monitor = DetectionMonitor(cfg.shared_dir, cfg.detector)
+            if not self.val_path.exists():
+                self._validation_row(held)  # the starting point (e.g. a warm start) is a candidate too
         self.model.train()
         from tqdm import tqdm
 
@@ -275,6 +289,8 @@ class Trainer:
 
     def _validation_row(self, held: list[np.ndarray]) -> None:
         row = {"step": self.step, "minutes": round(self.elapsed / 60, 2), **self.validate(held)}
+        if "detection" in row:
+            self._keep_best(row["detection"])
         new = not self.val_path.exists()
         with open(self.val_path, "a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(row))
@@ -285,3 +301,55 @@ class Trainer:
         from .curves import plot_training_curves
 
         plot_training_curves(self.cfg.out_dir)
+
+    def _keep_best(self, score: float) -> None:
+        """Copy the checkpoint to ``best.pt`` (score in ``best.json``) when the detector-based score improves."""
+        record = self.best_path.with_suffix(".json")
+        best = json.loads(record.read_text())["detection"] if record.exists() else -1.0
+        if score > best:
+            self.save()
+            tmp = self.best_path.with_suffix(".tmp")
+            tmp.write_bytes(self.ckpt.read_bytes())
+            os.replace(tmp, self.best_path)
+            record.write_text(json.dumps({"step": self.step, "detection": score}))
+            print(f"best checkpoint so far (detection fidelity {score:.4f}) -> {self.best_path}")
+
+
+class DetectionMonitor:
+    """Checkpoint selection by what the cloud detector still finds in machine images.
+
+    On held-out training-set images (:func:`load_detection_monitor_set`) the detector's boxes on
+    the original (score >= 0.25, road users) serve as ground truth; the score is the mAP50-95 of
+    its boxes on the decoded base layer, averaged over ``MONITOR_RATES``.
+    """
+
+    def __init__(self, shared_dir: Path, checkpoint: Path) -> None:
+        from ..bench.detection_map import Boxes
+        from ..bench.detector import Detector
+
+        self.detector = Detector(checkpoint)
+        self.images = [s.image for s in load_detection_monitor_set(shared_dir).samples]
+        self.truths = []
+        for image in self.images:
+            found = self.detector.detect(image)
+            keep = (found.scores >= 0.25) & np.isin(found.classes, MONITOR_CLASSES)
+            self.truths.append(Boxes(found.xyxy[keep], found.classes[keep]))
+        print(f"detection monitor: {len(self.images)} images, {sum(len(t.classes) for t in self.truths)} objects")
+
+    def evaluate(self, codec) -> dict[str, float]:  # noqa: ANN001 - ScalableCodec (imported lazily)
+        from ..bench.detection_map import mean_average_precision
+
+        rows: dict[str, float] = {}
+        scores = []
+        for rate in MONITOR_RATES:
+            detections, bits, pixels = [], 0, 0
+            for image in self.images:
+                data = codec.encode_base(image, rate).data
+                detections.append(self.detector.detect(codec.decode_machine(data, exact_pixels=False)))
+                bits, pixels = bits + 8 * len(data), pixels + image.shape[0] * image.shape[1]
+            result = mean_average_precision(detections, self.truths, MONITOR_CLASSES)
+            rows[f"det_bpp@{rate}"] = round(bits / pixels, 4)
+            rows[f"det_map@{rate}"] = round(result.map50_95, 4)
+            scores.append(result.map50_95)
+        rows["detection"] = round(float(np.mean(scores)), 4)
+        return rows
