@@ -17,7 +17,7 @@ from shared.codec import ScalableCodec
 from shared.codec.weights import export_weights
 from shared.training.data import check_training_path, load_detection_monitor_set, load_training_set
 from shared.training.masks import SamBoundaries, boxes_to_mask, edge_mask
-from shared.training.trainer import TrainConfig, Trainer
+from shared.training.trainer import TrainConfig, Trainer, accuracy_at
 
 
 def tiny_sam():
@@ -145,3 +145,12 @@ def test_train_resume_export_and_residual_cycle(mini_shared: Path, shared_dir: P
                          cv2.COLOR_BGR2RGB)
     base, residual = codec.encode(image)
     assert codec.decode_human(base, residual).shape == image.shape
+
+
+def test_accuracy_at_reads_the_curve_in_log_bpp() -> None:
+    curve = [(0.2, 0.4), (0.1, 0.2), (0.4, 0.5)]  # unsorted on purpose
+    assert accuracy_at(curve, 0.1) == pytest.approx(0.2)
+    assert accuracy_at(curve, 0.2 * 2**0.5) == pytest.approx(0.45)  # halfway in log-bpp
+    assert accuracy_at(curve, 0.05) == pytest.approx(0.0)  # extrapolated, clipped at 0
+    assert accuracy_at(curve, 0.8) == pytest.approx(0.6)
+    assert accuracy_at([(0.3, 0.25)], 0.1) == pytest.approx(0.25)

@@ -67,8 +67,15 @@ def load_model(path: str | Path) -> tuple[ChannelARCodec, dict[str, Any]]:
 
 
 def load_layer(path: str | Path) -> LoadedModel:
+    """Load weights for coding: the float32 transforms keep their weights channels-last, which
+    oneDNN convolves 2-4x faster on CPU (values, hashes and the exact path are unchanged)."""
     model, meta = load_model(path)
-    return prepare(model, meta["architecture"])
+    layer = prepare(model, meta["architecture"])
+    for name in ("g_a", "g_s"):
+        transform = getattr(model, name, None)
+        if transform is not None:
+            transform.to(memory_format=torch.channels_last)
+    return layer
 
 
 def _round_fp16(model: torch.nn.Module) -> None:
