@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_OUT = Path("docs") / "benchmarks"
-MACHINE_DATASETS = ("road_traffic4", "coco128")
+MACHINE_DATASETS = ("road_traffic4", "coco128", "traffic_cams")
 
 
 def _floats(text: str) -> tuple[float, ...]:

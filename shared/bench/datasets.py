@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .detection_map import Boxes
+
+if TYPE_CHECKING:
+    from .detector import Detector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 #: name -> (images folder, labels folder, class map file or None when labels are COCO-80 ids)
@@ -18,6 +22,11 @@ DETECTION_SETS = {
                       "data/road_traffic4/coco_class_map.json"),
     "coco128": ("data/coco128/images/train", "data/coco128/labels/train", None),
 }
+#: frames of the traffic videos that training never sees (the last 15 %; shared/training/data.py),
+#: labelled with the detector's own boxes on the original frames (pseudo ground truth)
+TRAFFIC_CAMS = "traffic_cams"
+ROAD_USERS = [0, 1, 2, 3, 5, 7]  # COCO person, bicycle, car, motorcycle, bus, truck
+PSEUDO_LABEL_SCORE = 0.25
 KODAK = "data/kodak"
 TRAFFIC_VIDEO = "data/traffic/cvtrafficcam_street.mp4"
 COCO80 = range(80)
@@ -98,3 +107,25 @@ def read_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
     if not frames:
         raise ValueError(f"cannot read frames from {path}")
     return frames
+
+
+def load_pseudo_labelled_frames(shared: Path, detector: Detector, folder: Path,
+                                limit: int | None = None) -> tuple[list[LabelledImage], list[int]]:
+    """Held-out traffic-camera frames saved as PNG in ``folder``, each labelled with the detector's
+    road-user boxes (score >= 0.25) on the original: accuracy on a decoded frame then says how much
+    of what the cloud would detect on the original survives the codec."""
+    from ..training.data import load_detection_monitor_set
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [s for s in load_detection_monitor_set(shared).samples if s.key.startswith("traffic/")][:limit]
+    items = []
+    for sample in frames:
+        path = folder / (sample.key.replace("/", "_").replace("#", "_") + ".png")
+        cv2.imwrite(str(path), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+        height, width = sample.image.shape[:2]
+        found = detector.detect(sample.image)
+        keep = (found.scores >= PSEUDO_LABEL_SCORE) & np.isin(found.classes, ROAD_USERS)
+        xyxy = found.xyxy[keep] / np.array([width, height, width, height], dtype=np.float64)
+        cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        items.append(LabelledImage(path, found.classes[keep], cxcywh))
+    return items, ROAD_USERS

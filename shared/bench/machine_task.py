@@ -9,16 +9,25 @@ mAP-vs-bpp curves.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .curves import Evaluate, bd_rate_table, measure_curve
-from .datasets import DETECTION_SETS, LabelledImage, load_detection_set, read_rgb
+from .datasets import (
+    DETECTION_SETS,
+    TRAFFIC_CAMS,
+    LabelledImage,
+    load_detection_set,
+    load_pseudo_labelled_frames,
+    read_rgb,
+)
 from .detection_map import mean_average_precision
 from .detector import PREDICT_ARGS, Detector
-from .lineup import BenchOptions, build_lineup, set_threads
+from .lineup import BenchOptions, Lineup, build_lineup, set_threads
 from .report import figure, plot_rate_curves, run_metadata, save_figure, write_json
 
 MACHINE_CODECS = ("sa-icm", "single")
@@ -41,45 +50,62 @@ def detection_evaluator(detector: Detector, items: Sequence[LabelledImage], clas
 
 def run_machine(options: BenchOptions, datasets: Sequence[str], detector_path: Path | None = None) -> list[Path]:
     """Run the benchmark on each of ``datasets``; returns the JSON and PNG files written."""
-    unknown = [d for d in datasets if d not in DETECTION_SETS]
+    known = [*DETECTION_SETS, TRAFFIC_CAMS]
+    unknown = [d for d in datasets if d not in known]
     if unknown:
-        raise ValueError(f"unknown dataset(s) {unknown}; known: {sorted(DETECTION_SETS)}")
+        raise ValueError(f"unknown dataset(s) {unknown}; known: {known}")
     set_threads(options.threads)
     lineup = build_lineup(options, MACHINE_CODECS)
     detector = Detector(detector_path or options.shared / "models" / "yolov8n.pt")
     written = []
-    for dataset in datasets:
+    scratch = contextlib.ExitStack()  # frame files of the video set, removed at the end
+    with scratch:
+        for dataset in datasets:
+            written += _run_dataset(options, dataset, lineup, detector, scratch)
+    return written
+
+
+def _run_dataset(options: BenchOptions, dataset: str, lineup: Lineup, detector: Detector,
+                 scratch: contextlib.ExitStack) -> list[Path]:
+    written = []
+    if dataset == TRAFFIC_CAMS:
+        frames_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="icmh-traffic-cams-")))
+        items, classes = load_pseudo_labelled_frames(options.shared, detector, frames_dir, options.limit)
+        source, truth = "held-out tail of ../shared/data/traffic/*.mp4", "yolov8n on the originals, score >= 0.25"
+    else:
         items, classes = load_detection_set(options.shared, dataset, options.limit)
-        paths = [item.path for item in items]
-        evaluate = detection_evaluator(detector, items, classes)
-        uncompressed = evaluate((i, read_rgb(p)) for i, p in enumerate(paths))
-        curves = {s.name: measure_curve(s, paths, evaluate, f"machine {dataset}") for s in lineup.sweeps}
-        ours = [n for n in MACHINE_CODECS if n in curves]
-        name = f"machine_{dataset}"
-        payload = {
-            "benchmark": "machine",
-            "dataset": dataset,
-            "meta": run_metadata(options.command, len(paths), options.threads, {
-                "weights": lineup.learned.describe(),
-                "detector": {"checkpoint": str(detector.checkpoint), **PREDICT_ARGS},
-                "images": str(options.shared / DETECTION_SETS[dataset][0]),
-            }),
-            "metric": "COCO-style 101-point AP over IoU 0.50:0.05:0.95 (mAP50-95) and at IoU 0.5 (mAP50), "
-                      "max 100 detections per image and class, mean over evaluated classes with ground truth",
-            "evaluated_classes": classes,
-            "uncompressed": uncompressed,
-            "curves": curves,
-            "bd_rate": {
-                "method": options.bd_method,
-                "definition": "rate change (%) of the row's codec against the anchor at equal quality; "
-                              "negative = fewer bits",
-                **{m: bd_rate_table(curves, m, lineup.classical_names, ours, options.bd_method) for m in METRICS},
-            },
-            "skipped": lineup.skipped,
-        }
-        written.append(write_json(options.out, name, payload))
-        fig, axes = figure(len(METRICS), f"{dataset}: yolov8n accuracy on decoded images ({len(paths)} images)")
-        for ax, (metric, label) in zip(axes, METRICS.items(), strict=True):
-            plot_rate_curves(ax, curves, metric, label, references=[("uncompressed", uncompressed[metric])])
-        written.append(save_figure(fig, options.out, name))
+        source, truth = str(options.shared / DETECTION_SETS[dataset][0]), "dataset labels"
+    paths = [item.path for item in items]
+    evaluate = detection_evaluator(detector, items, classes)
+    uncompressed = evaluate((i, read_rgb(p)) for i, p in enumerate(paths))
+    curves = {s.name: measure_curve(s, paths, evaluate, f"machine {dataset}") for s in lineup.sweeps}
+    ours = [n for n in MACHINE_CODECS if n in curves]
+    name = f"machine_{dataset}"
+    payload = {
+        "benchmark": "machine",
+        "dataset": dataset,
+        "meta": run_metadata(options.command, len(paths), options.threads, {
+            "weights": lineup.learned.describe(),
+            "detector": {"checkpoint": str(detector.checkpoint), **PREDICT_ARGS},
+            "images": source,
+            "ground_truth": truth,
+        }),
+        "metric": "COCO-style 101-point AP over IoU 0.50:0.05:0.95 (mAP50-95) and at IoU 0.5 (mAP50), "
+                  "max 100 detections per image and class, mean over evaluated classes with ground truth",
+        "evaluated_classes": classes,
+        "uncompressed": uncompressed,
+        "curves": curves,
+        "bd_rate": {
+            "method": options.bd_method,
+            "definition": "rate change (%) of the row's codec against the anchor at equal quality; "
+                          "negative = fewer bits",
+            **{m: bd_rate_table(curves, m, lineup.classical_names, ours, options.bd_method) for m in METRICS},
+        },
+        "skipped": lineup.skipped,
+    }
+    written.append(write_json(options.out, name, payload))
+    fig, axes = figure(len(METRICS), f"{dataset}: yolov8n accuracy on decoded images ({len(paths)} images)")
+    for ax, (metric, label) in zip(axes, METRICS.items(), strict=True):
+        plot_rate_curves(ax, curves, metric, label, references=[("uncompressed", uncompressed[metric])])
+    written.append(save_figure(fig, options.out, name))
     return written
