@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .detection_map import Boxes
-
-if TYPE_CHECKING:
-    from .detector import Detector
+from .detector import ROAD_USERS, Detector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 #: name -> (images folder, labels folder, class map file or None when labels are COCO-80 ids)
@@ -25,8 +22,6 @@ DETECTION_SETS = {
 #: frames of the traffic videos that training never sees (the last 15 %; shared/training/data.py),
 #: labelled with the detector's own boxes on the original frames (pseudo ground truth)
 TRAFFIC_CAMS = "traffic_cams"
-ROAD_USERS = [0, 1, 2, 3, 5, 7]  # COCO person, bicycle, car, motorcycle, bus, truck
-PSEUDO_LABEL_SCORE = 0.25
 KODAK = "data/kodak"
 TRAFFIC_VIDEO = "data/traffic/cvtrafficcam_street.mp4"
 COCO80 = range(80)
@@ -123,9 +118,8 @@ def load_pseudo_labelled_frames(shared: Path, detector: Detector, folder: Path,
         path = folder / (sample.key.replace("/", "_").replace("#", "_") + ".png")
         cv2.imwrite(str(path), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
         height, width = sample.image.shape[:2]
-        found = detector.detect(sample.image)
-        keep = (found.scores >= PSEUDO_LABEL_SCORE) & np.isin(found.classes, ROAD_USERS)
-        xyxy = found.xyxy[keep] / np.array([width, height, width, height], dtype=np.float64)
+        truth = detector.pseudo_truth(sample.image)
+        xyxy = truth.xyxy / np.array([width, height, width, height], dtype=np.float64)
         cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-        items.append(LabelledImage(path, found.classes[keep], cxcywh))
+        items.append(LabelledImage(path, truth.classes, cxcywh))
     return items, ROAD_USERS

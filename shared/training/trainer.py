@@ -34,7 +34,6 @@ from ..codec.weights import LoadedModel, load_layer, prepare
 from .data import CropSampler, load_detection_monitor_set, load_training_set
 from .masks import cached_masks
 
-MONITOR_CLASSES = (0, 1, 2, 3, 5, 7)  # COCO person, bicycle, car, motorcycle, bus, truck
 MONITOR_RATES = (0.0, 0.3, 0.6)
 MONITOR_BPP = (0.1, 0.2)  # the score is the fidelity interpolated at these rates (bits per pixel)
 KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh", "fr": "fr-icmh", "single": "single"}
@@ -326,20 +325,16 @@ class DetectionMonitor:
     """
 
     def __init__(self, shared_dir: Path, checkpoint: Path) -> None:
-        from ..bench.detection_map import Boxes
         from ..bench.detector import Detector
 
         self.detector = Detector(checkpoint)
         self.images = [s.image for s in load_detection_monitor_set(shared_dir).samples]
-        self.truths = []
-        for image in self.images:
-            found = self.detector.detect(image)
-            keep = (found.scores >= 0.25) & np.isin(found.classes, MONITOR_CLASSES)
-            self.truths.append(Boxes(found.xyxy[keep], found.classes[keep]))
+        self.truths = [self.detector.pseudo_truth(image) for image in self.images]
         print(f"detection monitor: {len(self.images)} images, {sum(len(t.classes) for t in self.truths)} objects")
 
     def evaluate(self, codec) -> dict[str, float]:  # noqa: ANN001 - ScalableCodec (imported lazily)
         from ..bench.detection_map import mean_average_precision
+        from ..bench.detector import ROAD_USERS
 
         rows: dict[str, float] = {}
         curve = []
@@ -349,7 +344,7 @@ class DetectionMonitor:
                 data = codec.encode_base(image, rate).data
                 detections.append(self.detector.detect(codec.decode_machine(data, exact_pixels=False)))
                 bits, pixels = bits + 8 * len(data), pixels + image.shape[0] * image.shape[1]
-            result = mean_average_precision(detections, self.truths, MONITOR_CLASSES)
+            result = mean_average_precision(detections, self.truths, ROAD_USERS)
             rows[f"det_bpp@{rate}"] = round(bits / pixels, 4)
             rows[f"det_map@{rate}"] = round(result.map50_95, 4)
             curve.append((bits / pixels, result.map50_95))
