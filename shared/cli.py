@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         crop=args.crop, lr=args.lr, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
         validate_every=args.validate_every, max_minutes=args.max_minutes,
         init_from=Path(args.init_from) if args.init_from else None, architecture=args.architecture,
-        background_weight=args.background_weight,
+        background_weight=args.background_weight, feature_weight=args.feature_weight,
     )
     Trainer(cfg).run()
 
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "checkpoint selection by detection fidelity (best.pt)")
     t.add_argument("--background-weight", type=float, default=0.0,
                    help="base: weight of the squared error outside the mask (0 = SA-ICM as published)")
+    t.add_argument("--feature-weight", type=float, default=0.0,
+                   help="base: weight of the detector's backbone-feature distance (needs --detector; 0 = off)")
     t.add_argument("--sam-checkpoint", help="Segment Anything checkpoint (--masks sam)")
     t.add_argument("--architecture", help="registered architecture (default per layer)")
     t.add_argument("--lambda-min", type=float)

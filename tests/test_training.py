@@ -16,6 +16,7 @@ import torch
 from shared.codec import ScalableCodec
 from shared.codec.weights import export_weights
 from shared.training.data import check_training_path, load_detection_monitor_set, load_training_set
+from shared.training.detector_features import DetectorFeatureLoss
 from shared.training.masks import SamBoundaries, boxes_to_mask, edge_mask
 from shared.training.trainer import TrainConfig, Trainer, accuracy_at
 
@@ -154,3 +155,15 @@ def test_accuracy_at_reads_the_curve_in_log_bpp() -> None:
     assert accuracy_at(curve, 0.05) == pytest.approx(0.0)  # extrapolated, clipped at 0
     assert accuracy_at(curve, 0.8) == pytest.approx(0.6)
     assert accuracy_at([(0.3, 0.25)], 0.1) == pytest.approx(0.25)
+
+
+def test_detector_feature_loss_is_zero_on_identity_and_drives_gradients(shared_dir: Path) -> None:
+    loss = DetectorFeatureLoss(shared_dir / "models" / "yolov8n.pt")
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(loss(x, x), torch.zeros(2))
+    x_hat = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    value = loss(x_hat, x)
+    assert value.shape == (2,) and bool((value > 0).all())
+    value.sum().backward()
+    assert x_hat.grad is not None and float(x_hat.grad.abs().sum()) > 0
+    assert all(not p.requires_grad for p in loss.parameters())

@@ -32,6 +32,7 @@ from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model
 from ..codec.rate import RATE_STEPS, lambda_for_index
 from ..codec.weights import LoadedModel, load_layer, prepare
 from .data import CropSampler, load_detection_monitor_set, load_training_set
+from .detector_features import DetectorFeatureLoss
 from .masks import cached_masks
 
 MONITOR_RATES = (0.0, 0.3, 0.6)
@@ -63,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     init_from: Path | None = None  # warm start (matching parameters only)
     background_weight: float = 0.0  # base: weight of the squared error outside the mask (0: SA-ICM as published)
+    feature_weight: float = 0.0  # base: weight of the detector-feature distance (0: SA-ICM as published)
     extra: dict = field(default_factory=dict)
 
     def lambdas(self) -> tuple[float, float]:
@@ -114,6 +116,11 @@ class Trainer:
         self.val_path = cfg.out_dir / "val.csv"
         self.best_path = cfg.out_dir / "best.pt"
         self.monitor: DetectionMonitor | None = None
+        self.feature_loss: DetectorFeatureLoss | None = None
+        if cfg.kind == "base" and cfg.feature_weight > 0:
+            if cfg.detector is None:
+                raise ValueError("--feature-weight needs --detector (the YOLO checkpoint whose features count)")
+            self.feature_loss = DetectorFeatureLoss(cfg.detector)
 
     # -- persistence ---------------------------------------------------------------------
     def _resume(self) -> None:
@@ -181,6 +188,8 @@ class Trainer:
                 mse = (err.pow(2) * weight).flatten(1).mean(1)
             else:
                 mse = err.pow(2).flatten(1).mean(1)
+            if self.feature_loss is not None:
+                mse = mse + self.cfg.feature_weight * self.feature_loss(out["x_hat"], x)
         else:
             assert self.base is not None
             q_base = torch.randint(0, RATE_STEPS + 1, (x.shape[0],))
