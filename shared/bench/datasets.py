@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,18 +89,22 @@ def load_detection_set(shared: Path, name: str, limit: int | None = None) -> tup
     return items, classes
 
 
-def read_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
-    """The first ``count`` frames of a video as RGB images."""
+def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Every frame of a video as an RGB image (none if the file cannot be read)."""
     capture = cv2.VideoCapture(str(path))
-    frames = []
     try:
-        while len(frames) < count:
+        while True:
             ok, frame = capture.read()
             if not ok:
-                break
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     finally:
         capture.release()
+
+
+def read_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of a video as RGB images."""
+    frames = list(itertools.islice(iter_video_frames(path), count))
     if not frames:
         raise ValueError(f"cannot read frames from {path}")
     return frames

@@ -9,7 +9,6 @@ mAP-vs-bpp curves.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from .datasets import (
     read_rgb,
 )
 from .detection_map import mean_average_precision
-from .detector import PREDICT_ARGS, Detector
+from .detector import PREDICT_ARGS, PSEUDO_LABEL_SCORE, Detector
 from .lineup import BenchOptions, Lineup, build_lineup, set_threads
 from .report import figure, plot_rate_curves, run_metadata, save_figure, write_json
 
@@ -58,20 +57,19 @@ def run_machine(options: BenchOptions, datasets: Sequence[str], detector_path: P
     lineup = build_lineup(options, MACHINE_CODECS)
     detector = Detector(detector_path or options.shared / "models" / "yolov8n.pt")
     written = []
-    scratch = contextlib.ExitStack()  # frame files of the video set, removed at the end
-    with scratch:
+    with tempfile.TemporaryDirectory(prefix="icmh-machine-") as scratch:  # frame files of the video set
         for dataset in datasets:
-            written += _run_dataset(options, dataset, lineup, detector, scratch)
+            written += _run_dataset(options, dataset, lineup, detector, Path(scratch))
     return written
 
 
 def _run_dataset(options: BenchOptions, dataset: str, lineup: Lineup, detector: Detector,
-                 scratch: contextlib.ExitStack) -> list[Path]:
+                 scratch: Path) -> list[Path]:
     written = []
     if dataset == TRAFFIC_CAMS:
-        frames_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="icmh-traffic-cams-")))
-        items, classes = load_pseudo_labelled_frames(options.shared, detector, frames_dir, options.limit)
-        source, truth = "held-out tail of ../shared/data/traffic/*.mp4", "yolov8n on the originals, score >= 0.25"
+        items, classes = load_pseudo_labelled_frames(options.shared, detector, scratch / dataset, options.limit)
+        source = "held-out tail of ../shared/data/traffic/*.mp4"
+        truth = f"yolov8n on the originals, score >= {PSEUDO_LABEL_SCORE}"
     else:
         items, classes = load_detection_set(options.shared, dataset, options.limit)
         source, truth = str(options.shared / DETECTION_SETS[dataset][0]), "dataset labels"

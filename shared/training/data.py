@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from ..bench.datasets import iter_video_frames, read_rgb
 
 EVALUATION_ONLY = ("kodak", "road_traffic4/val", "coco128")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -24,13 +25,6 @@ def check_training_path(path: Path) -> None:
     for name in EVALUATION_ONLY:
         if f"/{name}/" in text + "/" or text.endswith(name):
             raise ValueError(f"{path} is an evaluation set ({name}); never train on it")
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_yolo_boxes(label_path: Path, height: int, width: int) -> np.ndarray:
@@ -72,18 +66,6 @@ def _is_detection_monitor(index: int) -> bool:
     return index % DETECTION_MONITOR_EVERY == DETECTION_MONITOR_EVERY - 1
 
 
-def _video_frames(video: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
-    return frames
-
-
 def load_training_set(shared_dir: Path, video_stride: int = 4, held_out: bool = False) -> TrainingSet:
     """Load the training images (or, with ``held_out``, the bsds500/val monitoring images).
 
@@ -109,7 +91,7 @@ def load_training_set(shared_dir: Path, video_stride: int = 4, held_out: bool = 
         boxes = read_yolo_boxes(rt4 / "labels" / (path.stem + ".txt"), *image.shape[:2])
         out.samples.append(Sample(f"road_traffic4/train/{path.name}", image, boxes))
     for video in sorted((data / "traffic").glob("*.mp4")):
-        frames = _video_frames(video)
+        frames = list(iter_video_frames(video))
         train_end = int(len(frames) * (1 - VIDEO_MONITOR_TAIL))
         for index in range(0, train_end, video_stride):
             out.samples.append(Sample(f"traffic/{video.name}#{index}", frames[index]))
@@ -125,7 +107,7 @@ def load_detection_monitor_set(shared_dir: Path) -> TrainingSet:
         if _is_detection_monitor(index):
             out.samples.append(Sample(f"road_traffic4/train/{path.name}", read_rgb(path)))
     for video in sorted((data / "traffic").glob("*.mp4")):
-        frames = _video_frames(video)
+        frames = list(iter_video_frames(video))
         for index in range(int(len(frames) * (1 - VIDEO_MONITOR_TAIL)), len(frames), VIDEO_MONITOR_STRIDE):
             out.samples.append(Sample(f"traffic/{video.name}#{index}", frames[index]))
     return out
