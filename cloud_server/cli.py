@@ -16,12 +16,27 @@ MIB = 1024 * 1024
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud-server", description=__doc__)
-    p.add_argument("--listen", default="0.0.0.0:50051", help="host:port to serve on (port 0: any free port)")
+    p.add_argument("--listen", default="127.0.0.1:50051",
+                   help="host:port to serve on (port 0: any free port; 0.0.0.0:PORT for every interface)")
     p.add_argument("--data-dir", type=Path, default=Path("cloud-data"), help="folder of frames.db (frame index)")
     cams = p.add_argument_group("cameras")
     cams.add_argument("--cameras-file", type=Path, help="JSON file of cameras and tokens (see deploy/cameras.json)")
     cams.add_argument("--camera", action="append", default=[], metavar="ID=TOKEN",
                       help="allow a camera (repeatable; overrides the file's token)")
+    ops = p.add_argument_group("operators (access to Operator and Detections)")
+    ops.add_argument("--operators-file", type=Path,
+                     help="JSON file of operators: token or token_sha256, role, optional cameras, cert_names "
+                          "(see deploy/operators.example.json)")
+    ops.add_argument("--operator", action="append", default=[], metavar="NAME=TOKEN:ROLE",
+                     help="allow an operator, role viewer|inspector|admin (repeatable; overrides the file's entry)")
+    ops.add_argument("--insecure-open-operators", action="store_true",
+                     help="local experiments only: every operator call allowed without credentials "
+                          "(needs a loopback --listen address)")
+    ops.add_argument("--auth-health", action="store_true", help="require operator credentials for health checks")
+    ops.add_argument("--reflection", choices=("open", "operators", "off"), default="open",
+                     help="server reflection: open, only for operators, or off")
+    ops.add_argument("--audit-retention-days", type=float, default=365.0,
+                     help="keep the inspection audit log this long (0: forever)")
     det = p.add_argument_group("codec and detector")
     det.add_argument("--weights", type=Path, help="codec weights folder (default: shipped)")
     det.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR, help="YOLO checkpoint")
@@ -58,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from .auth import CameraRegistry
+        from .auth import CameraRegistry, OperatorRegistry
         from .server import CloudServer, CloudSettings
 
         if args.threads:
             torch.set_num_threads(args.threads)
         settings = CloudSettings(
             cameras=CameraRegistry.load(args.cameras_file, args.camera), data_dir=args.data_dir,
+            operators=OperatorRegistry.load(args.operators_file, args.operator),
+            open_operator_access=args.insecure_open_operators, open_health=not args.auth_health,
+            reflection=args.reflection, audit_retention_s=args.audit_retention_days * 86400,
             detector=args.detector, listen=args.listen, weights=args.weights, detector_imgsz=args.detector_imgsz,
             detector_confidence=args.detector_conf, max_batch=args.max_batch, detections_jsonl=args.detections_jsonl,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
@@ -74,9 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             max_workers=args.max_workers, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         )
         server = CloudServer(settings)
-        port = server.start()
     except (ValueError, FileNotFoundError, BitstreamError, OSError) as exc:
         print(f"cloud-server: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        port = server.start()
+    except OSError as exc:  # the metrics port, bound first
+        server.stop(grace=0)
+        print(f"cloud-server: error: metrics endpoint {args.metrics_addr}:{args.metrics_port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     on_termination(stop.set)

@@ -1,4 +1,5 @@
-"""The cloud's decoders: the shared base model and a residual model per mode (PR, FR).
+"""The cloud's decoders: the shared base model, a residual model per learned mode (PR, FR), the classical
+AVIF residual (needs no weights) and the lossless layer.
 
 Decoding is serialised by one lock: on a few CPU cores parallel decodes only compete.
 """
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.codec.api import ScalableCodec
+from shared.codec import classical_residual
+from shared.codec.api import LEARNED_MODES, MODE_OF_KIND, ScalableCodec
 from shared.codec.bitstream import BitstreamError, LayerHeader, LayerKind, unpack
 from shared.codec.weights import LAYER_FILES, SHIPPED_DIR, LoadedModel, load_layer
 from shared.rpc import edge_pb2
 
-MODES = ("pr", "fr")
-RESIDUAL_MODES = {LayerKind.PR_RESIDUAL: "pr", LayerKind.FR_RESIDUAL: "fr"}
+MODES = ("pr", "fr", "avif")
 
 
 class CloudCodecs:
@@ -24,9 +25,11 @@ class CloudCodecs:
         folder = Path(weights_dir) if weights_dir else SHIPPED_DIR
         self.base = load_layer(folder / LAYER_FILES["base"])
         self._codecs = {"machine": ScalableCodec(self.base, None)}
-        for mode in MODES:
+        for mode in LEARNED_MODES:
             if (folder / LAYER_FILES[mode]).exists():
                 self._codecs[mode] = ScalableCodec(self.base, load_layer(folder / LAYER_FILES[mode]), mode)
+        if classical_residual.available():
+            self._codecs["avif"] = ScalableCodec(self.base, None, "avif")
         self._lock = threading.Lock()
 
     @property
@@ -38,15 +41,13 @@ class CloudCodecs:
         codec = self._codecs.get(mode)
         if codec is None:
             return f"this cloud has no {mode} residual model (it decodes: {', '.join(self.modes) or 'base only'})"
-        residual = codec.residual
-        assert residual is not None
         for layer, model_id, weights_hash, ours in (
-            ("base", info.base_model_id, info.base_weights_hash, self.base),
-            ("residual", info.residual_model_id, info.residual_weights_hash, residual),
+            ("base", info.base_model_id, info.base_weights_hash, (self.base.model_id, self.base.weights_hash)),
+            ("residual", info.residual_model_id, info.residual_weights_hash, codec.residual_identity),
         ):
-            if (model_id, bytes(weights_hash)) != (ours.model_id, ours.weights_hash):
+            if (model_id, bytes(weights_hash)) != ours:
                 return (f"{layer} model {model_id}@{bytes(weights_hash).hex()} differs from the cloud's "
-                        f"{_identity(ours)}")
+                        f"{ours[0]}@{ours[1].hex()}")
         return None
 
     def check_base(self, data: bytes, width: int, height: int) -> LayerHeader:
@@ -68,13 +69,24 @@ class CloudCodecs:
             return self._codecs["machine"].decode_machine(base, exact_pixels)
 
     def decode_human(self, base: bytes, residual: bytes) -> np.ndarray:
-        """Human image from a base layer and its residual layer (PR or FR, as the residual says)."""
-        mode = RESIDUAL_MODES.get(unpack(residual)[0].kind)
-        codec = self._codecs.get(mode or "")
-        if codec is None:
-            raise BitstreamError(f"no decoder here for a residual layer of mode {mode}")
+        """Human image from a base layer and its residual layer (PR, FR or AVIF, as the residual says)."""
+        codec = self._residual_codec(residual)
         with self._lock:
             return codec.decode_human(base, residual)
+
+    def decode_original(self, base: bytes, lossless: bytes, residual: bytes | None = None) -> np.ndarray:
+        """The captured frame from its lossless layer (and the residual layer, when that layer refines it)."""
+        codec = self._residual_codec(residual) if residual is not None else self._codecs["machine"]
+        with self._lock:
+            return codec.decode_original(base, lossless, residual)
+
+    def _residual_codec(self, residual: bytes) -> ScalableCodec:
+        kind = unpack(residual)[0].kind
+        mode = MODE_OF_KIND.get(kind)
+        codec = self._codecs.get(mode or "")
+        if codec is None:
+            raise BitstreamError(f"no decoder here for a {kind.name.lower()} layer")
+        return codec
 
 
 def _identity(model: LoadedModel) -> str:

@@ -29,7 +29,8 @@ from .frame_index import Admission, FrameIndex
 from .metrics import CloudMetrics
 
 log = logging.getLogger("icmh.cloud.edges")
-MODE_NAMES = {common_pb2.RESIDUAL_MODE_PR: "pr", common_pb2.RESIDUAL_MODE_FR: "fr"}
+MODE_NAMES = {common_pb2.RESIDUAL_MODE_PR: "pr", common_pb2.RESIDUAL_MODE_FR: "fr",
+              common_pb2.RESIDUAL_MODE_AVIF: "avif"}
 Ack = edge_pb2.Ack
 
 

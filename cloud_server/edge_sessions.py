@@ -19,7 +19,7 @@ class EdgeOffline(Exception):
 
 
 class ResidualNotFound(Exception):
-    """The edge does not hold the frame's residual layer (never stored or evicted)."""
+    """The edge does not hold the frame's residual layer, or what it needs for the lossless layer (evicted)."""
 
 
 class FpsMeter:
@@ -68,8 +68,8 @@ class EdgeSession:
     def send_config(self, config: common_pb2.EdgeConfig) -> bool:
         return self.send(edge_pb2.CloudMessage(config=config))
 
-    def request_residual(self, frame_id: int, timeout: float) -> bytes:
-        """Ask the edge for a frame's residual layer and wait for it.
+    def request_residual(self, frame_id: int, timeout: float, lossless: bool = False) -> bytes:
+        """Ask the edge for a frame's residual layer (``lossless``: its lossless layer) and wait for it.
 
         Raises EdgeOffline (stream closed, or no answer within ``timeout``) or ResidualNotFound.
         """
@@ -77,7 +77,7 @@ class EdgeSession:
         with self._lock:
             request_id = next(self._request_ids)
             self._pending[request_id] = future
-        request = edge_pb2.ResidualRequest(request_id=request_id, frame_id=frame_id)
+        request = edge_pb2.ResidualRequest(request_id=request_id, frame_id=frame_id, lossless=lossless)
         if not self.send(edge_pb2.CloudMessage(residual_request=request)):
             self._forget(request_id)
             raise EdgeOffline(f"edge of camera {self.camera_id} disconnected")
@@ -88,7 +88,8 @@ class EdgeSession:
         finally:
             self._forget(request_id)
         if response.status != edge_pb2.ResidualResponse.STATUS_OK:
-            raise ResidualNotFound(f"edge of camera {self.camera_id} no longer holds the residual of frame {frame_id}")
+            layer = "captured frame" if lossless else "residual"
+            raise ResidualNotFound(f"edge of camera {self.camera_id} no longer holds the {layer} of frame {frame_id}")
         return response.residual_layer
 
     def _forget(self, request_id: int) -> None:

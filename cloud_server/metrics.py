@@ -35,3 +35,8 @@ class CloudMetrics:
         self.index_frames = Gauge("icmh_cloud_index_frames", "Frames in the frame index", registry=r)
         self.index_bytes = Gauge("icmh_cloud_index_bytes", "Base-layer bytes in the frame index", registry=r)
         self.pending_frames = Gauge("icmh_cloud_pending_frames", "Frames waiting for the detector", registry=r)
+        self.inspections = Counter("icmh_cloud_inspections", "GetFrame requests by quality and outcome",
+                                   ["quality", "outcome"], registry=r)
+        self.auth_refusals = Counter("icmh_cloud_auth_refusals", "Operator-facing calls refused by access control",
+                                     ["code"], registry=r)
+        self.audit_records = Gauge("icmh_cloud_audit_records", "Rows in the inspection audit log", registry=r)

@@ -1,9 +1,11 @@
 """``icmh-operator``: list cameras and frames, inspect a frame in machine or human quality, watch detections,
-change a camera's rates."""
+change a camera's rates, read the inspection audit log. Every call sends the operator token (``--token`` or
+``$ICMH_OPERATOR_TOKEN``) as ``authorization: Bearer TOKEN``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -17,7 +19,8 @@ from shared.rpc import common_pb2, detections_pb2, detections_pb2_grpc, operator
 from shared.service.edge_config import CONFIG_FIELDS
 from shared.service.grpc_setup import open_channel
 
-QUALITIES = {"machine": operator_pb2.QUALITY_MACHINE, "human": operator_pb2.QUALITY_HUMAN}
+QUALITIES = {"machine": operator_pb2.QUALITY_MACHINE, "human": operator_pb2.QUALITY_HUMAN,
+             "original": operator_pb2.QUALITY_ORIGINAL}
 
 
 def format_time(ts: Timestamp) -> str:
@@ -72,7 +75,8 @@ def cmd_inspect(channel: grpc.Channel, args: argparse.Namespace) -> None:
     reply = operator_pb2_grpc.OperatorStub(channel).GetFrame(request, timeout=args.timeout)
     args.output.write_bytes(reply.png)
     print(f"wrote {args.output} ({reply.frame.width}x{reply.frame.height}, {args.quality}): base {reply.base_bytes} B "
-          f"({reply.base_bpp:.4f} bpp), residual {reply.residual_bytes} B ({reply.residual_bpp:.4f} bpp)")
+          f"({reply.base_bpp:.4f} bpp), residual {reply.residual_bytes} B ({reply.residual_bpp:.4f} bpp)"
+          + (f", lossless {reply.lossless_bytes} B" if reply.lossless_bytes else ""))
     print(format_detections(reply.detections))
 
 
@@ -95,6 +99,37 @@ def cmd_configure(channel: grpc.Channel, args: argparse.Namespace) -> None:
     print(f"{args.camera}: {json_format.MessageToDict(reply.config)} ({where})")
 
 
+def parse_time(text: str) -> Timestamp:
+    """ISO 8601 date/time (UTC unless it names a zone) as a Timestamp."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    ts = Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def cmd_audit(channel: grpc.Channel, args: argparse.Namespace) -> None:
+    request = operator_pb2.ListAuditRequest(camera_id=args.camera or "", operator=args.operator or "",
+                                            limit=args.limit)
+    for name in ("since", "until"):
+        if getattr(args, name) is not None:
+            getattr(request, name).CopyFrom(getattr(args, name))
+    reply = operator_pb2_grpc.OperatorStub(channel).ListAudit(request, timeout=args.timeout)
+    if args.json:
+        print(json_format.MessageToJson(reply, indent=None))
+        return
+    rows = [[format_time(r.time), r.operator or "(open)", r.role, r.via, r.camera_id, r.frame_id,
+             operator_pb2.Quality.Name(r.quality).removeprefix("QUALITY_").lower()
+             if r.quality in operator_pb2.Quality.values() else r.quality, r.outcome, r.peer, r.detail]
+            for r in reply.records]
+    print(_table(["TIME (UTC)", "OPERATOR", "ROLE", "VIA", "CAMERA", "FRAME", "QUALITY", "OUTCOME", "PEER", "DETAIL"],
+                 rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="icmh-operator", description=__doc__)
     p.add_argument("--server", default="localhost:50051", help="cloud server host:port")
@@ -103,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
     p.add_argument("--tls-server-name", help="expected server name in its certificate")
+    p.add_argument("--token", default=os.environ.get("ICMH_OPERATOR_TOKEN"),
+                   help="operator token (default: $ICMH_OPERATOR_TOKEN; prefer the environment variable)")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("cameras", help="cameras, online state, last frame, fps")
@@ -117,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_frames)
 
-    i = sub.add_parser("inspect", help="save a frame as PNG (machine: base layer; human: + edge residual)")
+    i = sub.add_parser("inspect", help="save a frame as PNG (machine: base layer; human: + edge residual; "
+                                       "original: lossless from the edge)")
     i.add_argument("--camera", required=True)
     i.add_argument("--frame", type=int, required=True)
     i.add_argument("--quality", choices=sorted(QUALITIES), default="human")
@@ -138,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--residual-rate", type=float, help="residual-layer rate R in [0,1]")
     g.add_argument("--target-kbps", type=float, help="base-layer bandwidth target (0: fixed rate)")
     g.set_defaults(func=cmd_configure)
+
+    a = sub.add_parser("audit", help="human / original inspections, allowed and refused, newest first (admin)")
+    a.add_argument("--camera", help="only this camera")
+    a.add_argument("--operator", help="only this operator")
+    a.add_argument("--since", type=parse_time, help="from this time (ISO 8601, UTC unless a zone is given)")
+    a.add_argument("--until", type=parse_time, help="before this time (ISO 8601)")
+    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_audit)
     return p
 
 
@@ -145,10 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with open_channel(args.server, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
-                          server_name=args.tls_server_name) as channel:
+                          server_name=args.tls_server_name, token=args.token) as channel:
             args.func(channel, args)
     except grpc.RpcError as exc:
-        print(f"icmh-operator: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        hint = " (give --token or set $ICMH_OPERATOR_TOKEN)" if exc.code() == grpc.StatusCode.UNAUTHENTICATED \
+            and not args.token else ""
+        print(f"icmh-operator: error: {exc.code().name}: {exc.details()}{hint}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:
         print(f"icmh-operator: error: {exc}", file=sys.stderr)

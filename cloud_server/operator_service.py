@@ -6,43 +6,54 @@ import collections
 import logging
 import threading
 import time
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import grpc
 
+from shared.codec import lossless
 from shared.codec.bitstream import BitstreamError
 from shared.rpc import common_pb2, operator_pb2, operator_pb2_grpc
 from shared.service.edge_config import config_from_proto, config_to_proto
 from shared.service.images import encode_png
 from shared.service.timestamps import to_timestamp
 
-from .auth import CameraRegistry
+from .access import OperatorAccess
+from .audit import MAX_FRAME_ID, MAX_ID_CHARS, AuditLog, InspectionGuard, audited
+from .auth import CameraRegistry, Role
 from .codecs import CloudCodecs
 from .edge_sessions import EdgeOffline, EdgeSessions, ResidualNotFound
 from .frame_index import FrameIndex, FrameRecord
 from .metrics import CloudMetrics
 
 log = logging.getLogger("icmh.cloud.operator")
-MODES = {"pr": common_pb2.RESIDUAL_MODE_PR, "fr": common_pb2.RESIDUAL_MODE_FR}
+MODES = {"pr": common_pb2.RESIDUAL_MODE_PR, "fr": common_pb2.RESIDUAL_MODE_FR, "avif": common_pb2.RESIDUAL_MODE_AVIF}
 Quality = operator_pb2.Quality
 MAX_LIST = 10_000
 
 
+class Decoded(NamedTuple):
+    """A frame decoded for an operator: its PNG and the bytes of the edge's layers it took."""
+
+    png: bytes
+    residual_bytes: int = 0
+    lossless_bytes: int = 0
+
+
 class PngCache:
-    """Least-recently-used decoded frames: (camera, frame, quality) -> (PNG, residual bytes used)."""
+    """Least-recently-used decoded frames: (camera, frame, quality) -> :class:`Decoded`."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: collections.OrderedDict[tuple[str, int, int], tuple[bytes, int]] = collections.OrderedDict()
+        self._items: collections.OrderedDict[tuple[str, int, int], Decoded] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int, int]) -> tuple[bytes, int] | None:
+    def get(self, key: tuple[str, int, int]) -> Decoded | None:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
             return self._items.get(key)
 
-    def put(self, key: tuple[str, int, int], value: tuple[bytes, int]) -> None:
+    def put(self, key: tuple[str, int, int], value: Decoded) -> None:
         if self.capacity <= 0:
             return
         with self._lock:
@@ -67,18 +78,30 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise AssertionError("unreachable: abort raises")
 
 
+def _check_ids(context: grpc.ServicerContext, camera_id: str, *frame_ids: int) -> None:
+    """INVALID_ARGUMENT for a camera id or frame ids no camera can have (before they reach SQLite)."""
+    if len(camera_id) > MAX_ID_CHARS:
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"camera_id longer than {MAX_ID_CHARS} characters")
+    if any(f > MAX_FRAME_ID for f in frame_ids):
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"frame ids are at most {MAX_FRAME_ID}")
+
+
 class OperatorService(operator_pb2_grpc.OperatorServicer):
     def __init__(self, registry: CameraRegistry, index: FrameIndex, sessions: EdgeSessions, codecs: CloudCodecs,
-                 metrics: CloudMetrics, residual_timeout_s: float = 5.0, cache_frames: int = 64) -> None:
+                 metrics: CloudMetrics, residual_timeout_s: float = 5.0, cache_frames: int = 64, *,
+                 access: OperatorAccess, audit: AuditLog) -> None:
         self.registry, self.index, self.sessions, self.codecs = registry, index, sessions, codecs
         self.metrics, self.residual_timeout_s = metrics, residual_timeout_s
         self.cache = PngCache(cache_frames)
+        self.access, self.audit = access, audit
+        self.inspections = InspectionGuard(access, audit, metrics)  # used by @audited (GetFrame)
 
     def ListCameras(self, request: operator_pb2.ListCamerasRequest,  # noqa: N802 - gRPC method name
                     context: grpc.ServicerContext) -> operator_pb2.ListCamerasResponse:
+        caller = self.access.require(context, Role.VIEWER)
         records = {c.camera_id: c for c in self.index.cameras()}
         cameras = []
-        for camera_id in sorted(set(self.registry.ids()) | set(records)):
+        for camera_id in sorted(c for c in set(self.registry.ids()) | set(records) if caller.may_see(c)):
             session, record, entry = self.sessions.get(camera_id), records.get(camera_id), self.registry.get(camera_id)
             info = operator_pb2.CameraInfo(
                 camera_id=camera_id,
@@ -99,15 +122,18 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                    context: grpc.ServicerContext) -> operator_pb2.ListFramesResponse:
         if not request.camera_id:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "camera_id is required")
+        _check_ids(context, request.camera_id, request.min_frame_id, request.max_frame_id)
+        self.access.require(context, Role.VIEWER, request.camera_id)
         limit = min(request.limit or 100, MAX_LIST)
         records = self.index.frames(request.camera_id, request.min_frame_id, request.max_frame_id, limit)
         return operator_pb2.ListFramesResponse(frames=[frame_info(r) for r in records])
 
+    @audited  # role and camera checks before the body; HUMAN / ORIGINAL recorded in the audit log
     def GetFrame(self, request: operator_pb2.GetFrameRequest,  # noqa: N802
                  context: grpc.ServicerContext) -> operator_pb2.GetFrameResponse:
         camera_id, frame_id = request.camera_id, request.frame_id
         quality = request.quality or Quality.QUALITY_MACHINE
-        if quality not in (Quality.QUALITY_MACHINE, Quality.QUALITY_HUMAN):
+        if quality not in (Quality.QUALITY_MACHINE, Quality.QUALITY_HUMAN, Quality.QUALITY_ORIGINAL):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown quality {quality}")
         record = self.index.frame(camera_id, frame_id)
         base = self.index.base_layer(camera_id, frame_id) if record else None
@@ -119,23 +145,23 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         if cached is None:
             cached = self._decode(context, record, base, quality)
             self.cache.put(key, cached)
-        png, residual_bytes = cached
         pixels = record.width * record.height
         return operator_pb2.GetFrameResponse(
-            frame=frame_info(record), quality=quality, png=png,
+            frame=frame_info(record), quality=quality, png=cached.png,
             detections=[d.to_proto() for d in record.result.detections] if record.result else [],
-            base_bytes=record.base_bytes, residual_bytes=residual_bytes, base_bpp=record.base_bpp,
-            residual_bpp=8.0 * residual_bytes / pixels,
+            base_bytes=record.base_bytes, residual_bytes=cached.residual_bytes, base_bpp=record.base_bpp,
+            residual_bpp=8.0 * cached.residual_bytes / pixels, lossless_bytes=cached.lossless_bytes,
         )
 
-    def _decode(self, context: grpc.ServicerContext, record: FrameRecord, base: bytes,
-                quality: int) -> tuple[bytes, int]:
-        """(PNG, residual bytes used) of a frame in the requested quality; aborts with a clear status."""
+    def _decode(self, context: grpc.ServicerContext, record: FrameRecord, base: bytes, quality: int) -> Decoded:
+        """A frame in the requested quality; aborts with a clear status."""
         if quality == Quality.QUALITY_MACHINE:
             start = time.perf_counter()
             image = self.codecs.decode_machine(base)
             self.metrics.decode_seconds.labels("machine").observe(time.perf_counter() - start)
-            return encode_png(image), 0
+            return Decoded(encode_png(image))
+        if quality == Quality.QUALITY_ORIGINAL:
+            return self._decode_original(context, record, base)
         residual = self._fetch_residual(context, record.camera_id, record.frame_id)
         start = time.perf_counter()
         try:
@@ -144,17 +170,36 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             self.metrics.errors.labels("residual_decode").inc()
             _abort(context, grpc.StatusCode.DATA_LOSS, f"residual of frame {record.frame_id} does not decode: {exc}")
         self.metrics.decode_seconds.labels("human").observe(time.perf_counter() - start)
-        return encode_png(image), len(residual)
+        return Decoded(encode_png(image), len(residual))
 
-    def _fetch_residual(self, context: grpc.ServicerContext, camera_id: str, frame_id: int) -> bytes:
+    def _decode_original(self, context: grpc.ServicerContext, record: FrameRecord, base: bytes) -> Decoded:
+        """The captured frame, exactly: the edge's lossless layer (+ its residual layer if that layer refines it)."""
+        layer = self._fetch_residual(context, record.camera_id, record.frame_id, lossless_layer=True)
+        residual = None
+        try:
+            if lossless.needs_residual(layer):
+                residual = self._fetch_residual(context, record.camera_id, record.frame_id)
+            start = time.perf_counter()
+            image = self.codecs.decode_original(base, layer, residual)
+        except BitstreamError as exc:
+            self.metrics.errors.labels("lossless_decode").inc()
+            _abort(context, grpc.StatusCode.DATA_LOSS,
+                   f"lossless layer of frame {record.frame_id} does not decode: {exc}")
+        self.metrics.decode_seconds.labels("original").observe(time.perf_counter() - start)
+        return Decoded(encode_png(image), len(residual or b""), len(layer))
+
+    def _fetch_residual(self, context: grpc.ServicerContext, camera_id: str, frame_id: int,
+                        lossless_layer: bool = False) -> bytes:
+        """The frame's residual layer (or lossless layer) from its edge; aborts when there is none."""
         session = self.sessions.get(camera_id)
         if session is None:
             self.metrics.errors.labels("edge_offline").inc()
-            _abort(context, grpc.StatusCode.UNAVAILABLE,
-                   f"edge of camera {camera_id} is offline: human quality needs its residual layer")
+            needs = "original quality needs its lossless layer" if lossless_layer else \
+                "human quality needs its residual layer"
+            _abort(context, grpc.StatusCode.UNAVAILABLE, f"edge of camera {camera_id} is offline: {needs}")
         start = time.perf_counter()
         try:
-            residual = session.request_residual(frame_id, self.residual_timeout_s)
+            residual = session.request_residual(frame_id, self.residual_timeout_s, lossless_layer)
         except EdgeOffline as exc:
             self.metrics.errors.labels("edge_offline").inc()
             _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -166,6 +211,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     def ConfigureCamera(self, request: operator_pb2.ConfigureCameraRequest,  # noqa: N802
                         context: grpc.ServicerContext) -> operator_pb2.ConfigureCameraResponse:
+        _check_ids(context, request.camera_id)
+        self.access.require(context, Role.ADMIN, request.camera_id)
         entry = self.registry.get(request.camera_id)
         if entry is None:
             _abort(context, grpc.StatusCode.NOT_FOUND, f"camera {request.camera_id!r} is not registered")
@@ -179,3 +226,12 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         log.info("camera %s config %s (%s)", request.camera_id, changes, "sent" if delivered else "on next connect")
         return operator_pb2.ConfigureCameraResponse(config=config_to_proto({**entry.config, **stored}),
                                                     delivered=delivered)
+
+    def ListAudit(self, request: operator_pb2.ListAuditRequest,  # noqa: N802
+                  context: grpc.ServicerContext) -> operator_pb2.ListAuditResponse:
+        _check_ids(context, request.camera_id)
+        caller = self.access.require(context, Role.ADMIN, request.camera_id or None)
+        since = request.since.ToNanoseconds() if request.HasField("since") else 0
+        until = request.until.ToNanoseconds() if request.HasField("until") else 0
+        records = self.audit.query(request.camera_id, request.operator, since, until, request.limit or 100)
+        return operator_pb2.ListAuditResponse(records=[r.to_proto() for r in records if caller.may_see(r.camera_id)])

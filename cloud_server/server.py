@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -16,7 +17,9 @@ from shared.rpc import detections_pb2, detections_pb2_grpc, edge_pb2, edge_pb2_g
 from shared.service.grpc_setup import DEFAULT_MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, server_credentials, server_options
 from shared.service.process import MetricsEndpoint
 
-from .auth import CameraRegistry
+from .access import HEALTH, REFLECTION, OperatorAccess
+from .audit import AuditLog
+from .auth import CameraRegistry, OperatorRegistry
 from .codecs import CloudCodecs
 from .detections_service import DetectionsService
 from .detector import YoloDetector
@@ -34,6 +37,18 @@ SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
     for module, name in ((edge_pb2, "EdgeLink"), (operator_pb2, "Operator"), (detections_pb2, "Detections"))
 )
+REFLECTION_MODES = ("open", "operators", "off")
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a ``host:port`` listen address is reachable from this machine only."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -41,7 +56,12 @@ class CloudSettings:
     cameras: CameraRegistry
     data_dir: Path  # frames.db: the frame index
     detector: Path  # YOLO checkpoint
-    listen: str = "0.0.0.0:50051"
+    listen: str = "127.0.0.1:50051"  # all interfaces only when asked: operators need credentials there
+    operators: OperatorRegistry = field(default_factory=OperatorRegistry)
+    open_operator_access: bool = False  # every Operator / Detections call allowed as admin (loopback only)
+    open_health: bool = True  # health service needs no credentials
+    reflection: str = "open"  # open, operators (needs credentials) or off
+    audit_retention_s: float = 365 * 24 * 3600.0  # inspection audit log; 0: keep forever
     weights: Path | None = None  # None: weights shipped in shared/weights
     detector_imgsz: int = 640
     detector_confidence: float = 0.25
@@ -68,6 +88,14 @@ class CloudSettings:
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("mutual TLS (--tls-client-ca) needs --tls-cert and --tls-key")
+        if self.reflection not in REFLECTION_MODES:
+            raise ValueError(f"reflection must be one of {', '.join(REFLECTION_MODES)}")
+        if self.open_operator_access and len(self.operators):
+            raise ValueError("--insecure-open-operators and configured operators exclude each other")
+        if self.open_operator_access and not is_loopback(self.listen):
+            raise ValueError(f"--insecure-open-operators is for local experiments: listen on a loopback address "
+                             f"(e.g. 127.0.0.1:50051), not {self.listen}")
+        self.operators.check_separation(self.cameras)
 
 
 class CloudServer:
@@ -78,6 +106,7 @@ class CloudServer:
         self.codecs = codecs or CloudCodecs(s.weights)
         self.detector = detector or YoloDetector(s.detector, s.detector_imgsz, s.detector_confidence)
         self.index = FrameIndex(s.data_dir / "frames.db")
+        self.audit = AuditLog(s.data_dir / "audit.db")
         self.sink = JsonlSink(s.detections_jsonl) if s.detections_jsonl else None
         self.hub = SubscriberHub()
         self.sessions = EdgeSessions()
@@ -93,17 +122,27 @@ class CloudServer:
 
     def _build_server(self) -> None:
         s = self.settings
+        certificates = s.tls_client_ca is not None
+        if s.operators.uses_certificates and not certificates:
+            log.warning("operator certificate names are ignored: they need mutual TLS (--tls-client-ca)")
+        access = OperatorAccess(s.operators, self.metrics, open_access=s.open_operator_access,
+                                certificates=certificates,
+                                open_services=(*((HEALTH,) if s.open_health else ()),
+                                               *(REFLECTION if s.reflection == "open" else ())))
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="grpc"),
-                             options=server_options(s.max_message_bytes, MAX_REPLY_BYTES))
+                             interceptors=[access], options=server_options(s.max_message_bytes, MAX_REPLY_BYTES))
         edge_pb2_grpc.add_EdgeLinkServicer_to_server(EdgeLinkService(
             s.cameras, self.codecs, self.index, self.sessions, self.metrics, self.pipeline.notify, s.max_packet_bytes,
         ), server)
         operator_pb2_grpc.add_OperatorServicer_to_server(OperatorService(
             s.cameras, self.index, self.sessions, self.codecs, self.metrics, s.residual_timeout_s, s.cache_frames,
+            access=access, audit=self.audit,
         ), server)
-        detections_pb2_grpc.add_DetectionsServicer_to_server(DetectionsService(self.hub, self.metrics), server)
+        detections_pb2_grpc.add_DetectionsServicer_to_server(DetectionsService(self.hub, self.metrics, access), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if s.reflection != "off":
+            reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                                server)
         if s.tls_cert is not None and s.tls_key is not None:
             self.port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
         else:
@@ -115,17 +154,24 @@ class CloudServer:
     def start(self) -> int:
         """Start serving; returns the bound port (useful with a ``:0`` listen address)."""
         assert self._server is not None
+        self._metrics_endpoint = MetricsEndpoint(  # first: a port in use fails the start before anything runs
+            self.metrics.registry, self.settings.metrics_port, self.settings.metrics_addr
+        )
         self.pipeline.start()
         self._server.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._metrics_endpoint = MetricsEndpoint(
-            self.metrics.registry, self.settings.metrics_port, self.settings.metrics_addr
-        )
         self._maintenance = threading.Thread(target=self._maintain, name="cloud-maintenance", daemon=True)
         self._maintenance.start()
-        log.info("serving on port %d (%s), cameras: %s", self.port, "TLS" if self.settings.tls_cert else "plaintext",
-                 ", ".join(self.settings.cameras.ids()))
+        s = self.settings
+        log.info("serving on port %d (%s), cameras: %s", self.port, "TLS" if s.tls_cert else "plaintext",
+                 ", ".join(s.cameras.ids()))
+        if s.open_operator_access:
+            log.warning("OPEN OPERATOR ACCESS: every Operator / Detections call is allowed without credentials")
+        elif len(s.operators):
+            log.info("operators: %s", ", ".join(s.operators.names()))
+        else:
+            log.warning("no operator configured: every Operator / Detections call is refused (see --operator)")
         return self.port
 
     def _maintain(self) -> None:
@@ -136,6 +182,10 @@ class CloudServer:
                 removed = self.index.prune(s.retention_age_s, s.retention_bytes)
                 if removed:
                     log.info("retention removed %d frames from the index", removed)
+                removed = self.audit.prune(s.audit_retention_s)
+                if removed:
+                    log.info("audit retention removed %d records", removed)
+                self.metrics.audit_records.set(self.audit.count())
                 frames, size, waiting = self.index.usage()
                 self.metrics.index_frames.set(frames)
                 self.metrics.index_bytes.set(size)
@@ -162,4 +212,5 @@ class CloudServer:
         if self.sink is not None:
             self.sink.close()
         self.index.close()
+        self.audit.close()
         log.info("stopped")

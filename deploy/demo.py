@@ -12,6 +12,9 @@ both services down with SIGTERM. Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import secrets
 import sys
 import tempfile
 import threading
@@ -28,10 +31,13 @@ from edge_node.source import FrameSource  # noqa: E402
 from shared.codec.weights import LAYER_FILES, SHIPPED_DIR  # noqa: E402
 from shared.rpc import operator_pb2, operator_pb2_grpc  # noqa: E402
 from shared.service.feed import DetectionFeed  # noqa: E402
+from shared.service.grpc_setup import with_token  # noqa: E402
 from shared.service.images import decode_png, psnr  # noqa: E402
 from shared.service.local import LOOPBACK, LocalServices, ServiceError  # noqa: E402
 
 CAMERA, TOKEN = "demo-cam", "demo-token"
+#: the demo's own operator (inspector: may see human quality), a fresh token per run
+OPERATOR, OPERATOR_TOKEN = "demo-operator", secrets.token_urlsafe(24)
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,7 +85,7 @@ def inspect(args: argparse.Namespace, port: int) -> None:
     """Save one frame in MACHINE and HUMAN quality, with its PSNR against the original."""
     frame_id = args.inspect or args.frames
     original = original_frame(args, frame_id)
-    channel = grpc.insecure_channel(f"{LOOPBACK}:{port}")
+    channel = with_token(grpc.insecure_channel(f"{LOOPBACK}:{port}"), OPERATOR_TOKEN)
     stub = operator_pb2_grpc.OperatorStub(channel)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"\ndemo: inspecting frame {frame_id} of {CAMERA}")
@@ -95,6 +101,14 @@ def inspect(args: argparse.Namespace, port: int) -> None:
     channel.close()
 
 
+def operators_file(workdir: Path) -> Path:
+    """The cloud's operators: the demo's own, stored as a token digest (the token never leaves this process)."""
+    path = workdir / "operators.json"
+    digest = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()
+    path.write_text(json.dumps({"operators": {OPERATOR: {"token_sha256": digest, "role": "inspector"}}}, indent=2))
+    return path
+
+
 def main() -> int:
     args = parse_args()
     for path, what in ((args.video, "video"), (args.detector, "detector")):
@@ -108,8 +122,10 @@ def main() -> int:
         with services:
             print(f"demo: starting the cloud server (log: {workdir / 'cloud.log'})")
             _, port = services.start_cloud({CAMERA: TOKEN}, weights, args.detector, threads=args.threads,
-                                           detections_jsonl=workdir / "detections.jsonl")
-            feed = DetectionFeed(port, on_result=lambda result: print(format_result(result), flush=True))
+                                           detections_jsonl=workdir / "detections.jsonl",
+                                           extra=["--operators-file", str(operators_file(workdir))])
+            feed = DetectionFeed(port, on_result=lambda result: print(format_result(result), flush=True),
+                                 token=OPERATOR_TOKEN)
             print(f"demo: starting the edge node (log: {workdir / f'edge-{CAMERA}.log'})")
             services.start_edge(CAMERA, TOKEN, port, args.video, weights, threads=args.threads, extra=[
                 "--max-frames", str(args.frames), "--fps", str(args.fps), "--width", str(args.width),

@@ -1,4 +1,4 @@
-"""The capture loop: source frames -> both codec layers -> the edge store."""
+"""The capture loop: source frames -> base layer (+ residual layer, eager policy) + kept frame -> the edge store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from shared.codec.api import ScalableCodec
+from shared.codec.lossless import webp_lossless
 
 from .metrics import EdgeMetrics
 from .rate_control import RateControl
@@ -17,17 +20,26 @@ from .store import EdgeStore, OutboxFull
 log = logging.getLogger("icmh.edge.capture")
 
 
+RESIDUAL_POLICIES = ("lazy", "eager")
+
+
 class CaptureLoop:
-    """Codes every frame of ``source`` at the current rates and keeps both layers in ``store``.
+    """Codes every frame of ``source`` at the current rates and keeps its layers in ``store``.
+
+    Every frame's base layer goes to the outbox and the frame itself (lossless WebP, libwebp's
+    fastest setting) to the inspection store. The ``eager`` policy also codes the residual layer
+    now; ``lazy`` leaves it to the first request (:class:`edge_node.layers.InspectionLayers`).
 
     While the outbox is full (cloud unreachable for long) frames are not coded: they are
     counted as dropped before they get a sequence number, so no numbered frame is lost.
     """
 
     def __init__(self, source: FrameSource, codec: ScalableCodec, store: EdgeStore, rates: RateControl,
-                 metrics: EdgeMetrics, on_stored: Callable[[], None]) -> None:
+                 metrics: EdgeMetrics, on_stored: Callable[[], None], policy: str = "lazy") -> None:
+        if policy not in RESIDUAL_POLICIES:
+            raise ValueError(f"residual policy must be one of {', '.join(RESIDUAL_POLICIES)}, got {policy!r}")
         self.source, self.codec, self.store, self.rates = source, codec, store, rates
-        self.metrics, self.on_stored = metrics, on_stored
+        self.metrics, self.on_stored, self.policy = metrics, on_stored, policy
         self._outbox_full = False
 
     def run(self, stop: threading.Event) -> None:
@@ -39,27 +51,39 @@ class CaptureLoop:
                 continue
             self._note_full(False)
             rates = self.rates.current
-            t0 = time.perf_counter()
-            base = self.codec.encode_base(frame.image, rates.base)
-            t1 = time.perf_counter()
-            residual = self.codec.encode_residual(frame.image, base, rates.residual)
-            t2 = time.perf_counter()
+            layers, seconds = self.code(frame.image, rates.base, rates.residual)
+            base, residual, image = layers["base"], layers.get("residual"), layers["frame"]
             try:
-                self.store.add_frame(frame.capture_ns, rates.base, base.data, residual)
+                self.store.add_frame(frame.capture_ns, rates.base, base, residual, image, rates.residual)
             except OutboxFull:
                 self.metrics.frames_dropped.labels("outbox_full").inc()
                 continue
-            self.rates.observe(len(base.data), frame.capture_ns)
-            self._account(frame.image.shape[0] * frame.image.shape[1], len(base.data), len(residual), t1 - t0, t2 - t1)
+            self.rates.observe(len(base), frame.capture_ns)
+            self._account(frame.image.shape[0] * frame.image.shape[1], layers, seconds)
             self.on_stored()
 
-    def _account(self, pixels: int, base_bytes: int, residual_bytes: int, base_s: float, residual_s: float) -> None:
+    def code(self, image: np.ndarray, base_rate: float,
+             residual_rate: float) -> tuple[dict[str, bytes], dict[str, float]]:
+        """What the policy codes at capture: {"base", "frame"[, "residual"]} bytes and seconds per layer."""
+        t0 = time.perf_counter()
+        encoding = self.codec.encode_base(image, base_rate)
+        layers, seconds = {"base": encoding.data}, {"base": time.perf_counter() - t0}
+        if self.policy == "eager":
+            t0 = time.perf_counter()
+            layers["residual"] = self.codec.encode_residual(image, encoding, residual_rate)
+            seconds["residual"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        layers["frame"] = webp_lossless(image, "fast")
+        seconds["frame"] = time.perf_counter() - t0
+        return layers, seconds
+
+    def _account(self, pixels: int, layers: dict[str, bytes], seconds: dict[str, float]) -> None:
         m = self.metrics
         m.frames_encoded.inc()
-        for layer, size, seconds in (("base", base_bytes, base_s), ("residual", residual_bytes, residual_s)):
-            m.layer_bytes.labels(layer).inc(size)
-            m.bpp.labels(layer).observe(8.0 * size / pixels)
-            m.encode_seconds.labels(layer).observe(seconds)
+        for layer, data in layers.items():
+            m.layer_bytes.labels(layer).inc(len(data))
+            m.bpp.labels(layer).observe(8.0 * len(data) / pixels)
+            m.encode_seconds.labels(layer).observe(seconds[layer])
 
     def _note_full(self, full: bool) -> None:
         if full != self._outbox_full:

@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     codec = p.add_argument_group("codec")
     codec.add_argument("--weights", type=Path,
                        help="folder with sa-icm.pt / pr-icmh.pt / fr-icmh.pt (default: shipped)")
-    codec.add_argument("--mode", choices=("pr", "fr"), default="pr", help="residual layer kind")
+    codec.add_argument("--mode", "--residual-mode", dest="mode", choices=("pr", "fr", "avif"), default="pr",
+                       help="residual layer kind: learned PR-/FR-ICMH, or x - x̂_m coded by AVIF")
+    codec.add_argument("--residual-policy", choices=("lazy", "eager"), default="lazy",
+                       help="lazy: keep the frame, code the residual layer when the cloud asks; eager: at capture")
     codec.add_argument("--rate", type=float, default=0.5, help="base-layer rate R in [0,1] (the cloud may change it)")
     codec.add_argument("--residual-rate", type=float, default=0.5, help="residual-layer rate R in [0,1]")
     codec.add_argument("--target-kbps", type=float, default=0.0,
@@ -47,14 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--outbox-mb", type=float, default=StoreLimits.outbox_bytes / MIB,
                        help="MiB of unacknowledged base layers kept at most")
     store.add_argument("--residual-store-mb", type=float, default=StoreLimits.residual_bytes / MIB,
-                       help="residual layers kept at most (oldest evicted first)")
+                       help="inspection store: residual layers and kept frames, at most (oldest evicted first)")
     store.add_argument("--residual-max-age-h", type=float, default=StoreLimits.residual_age_s / 3600,
-                       help="residual layers older than this are evicted (0: no age limit)")
+                       help="residual layers and kept frames older than this are evicted (0: no age limit)")
     link = p.add_argument_group("link")
-    link.add_argument("--tls-ca", type=Path, help="CA certificate of the cloud (enables TLS)")
+    link.add_argument("--tls-ca", type=Path,
+                      help="CA certificate of the cloud (enables TLS; a cloud whose certificate does not verify "
+                           "is refused, exit status 2)")
     link.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     link.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
-    link.add_argument("--tls-server-name", help="expected server name in the cloud's certificate")
+    link.add_argument("--tls-server-name",
+                      help="expected server name in the cloud's certificate (default: the host of --cloud)")
     link.add_argument("--window", type=int, default=32, help="base packets in flight without an ack")
     link.add_argument("--reconnect-min", type=float, default=0.5, help="first reconnect delay, seconds")
     link.add_argument("--reconnect-max", type=float, default=30.0, help="longest reconnect delay, seconds")
@@ -75,7 +81,8 @@ def settings_from_args(args: argparse.Namespace):  # -> EdgeSettings (import def
         camera_id=args.camera_id, token=args.token, source=args.source, data_dir=args.data_dir,
         link=LinkSettings(args.cloud, args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name, args.window,
                           args.reconnect_min, args.reconnect_max),
-        weights=args.weights, mode=args.mode, loop=args.loop, fps=args.fps, max_frames=args.max_frames,
+        weights=args.weights, mode=args.mode, residual_policy=args.residual_policy,
+        loop=args.loop, fps=args.fps, max_frames=args.max_frames,
         size=(args.width, args.height) if args.width else None, base_rate=args.rate,
         residual_rate=args.residual_rate, target_kbps=args.target_kbps,
         limits=StoreLimits(args.outbox_frames, int(args.outbox_mb * MIB), int(args.residual_store_mb * MIB),
@@ -102,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-node: error: {exc}", file=sys.stderr)
         return 2
     on_termination(node.request_stop)
-    node.start()
+    try:
+        node.start()
+    except OSError as exc:  # the metrics endpoint, started first
+        node.close()
+        print(f"edge-node: error: metrics endpoint {args.metrics_addr}:{args.metrics_port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     node.wait()
     node.close()
     if isinstance(node.error, LinkRefused):

@@ -5,7 +5,9 @@ One session = one stream: Hello, then base packets in frame-id order with at mos
 a reconnect every unacknowledged frame is sent again (the cloud answers DUPLICATE for
 those it already holds). Residual requests are answered on the same stream. Lost
 links are retried with exponential backoff; refusals (bad token, unknown camera,
-codec mismatch) end the link with :class:`LinkRefused`.
+codec mismatch) end the link with :class:`LinkRefused`, and so does, with TLS on, a cloud whose certificate
+does not verify against the configured CA or does not match the expected server name (``tls_server_name``,
+else the host of ``target``): the edge never talks to such a cloud.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import queue
 import random
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from shared.service.edge_config import config_from_proto
 from shared.service.grpc_setup import MAX_REPLY_BYTES, open_channel
 from shared.service.timestamps import to_timestamp
 
+from .layers import InspectionLayers
 from .metrics import EdgeMetrics
 from .rate_control import RateControl
 from .store import EdgeStore
@@ -43,8 +47,8 @@ _ACK_NAMES = {v: k.removeprefix("STATUS_").lower() for k, v in edge_pb2.Ack.Stat
 class LinkRefused(RuntimeError):
     """The cloud refused this edge; retrying cannot help until the configuration changes."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"cloud refused the connection: {code.name}: {details}")
+    def __init__(self, code: grpc.StatusCode, details: str, message: str | None = None) -> None:
+        super().__init__(message or f"cloud refused the connection: {code.name}: {details}")
         self.code = code
 
 
@@ -58,6 +62,27 @@ class LinkSettings:
     window: int = 32  # base packets in flight without an ack
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.tls_server_name and self.tls_ca is None and self.tls_cert is None:
+            raise ValueError("--tls-server-name needs TLS (--tls-ca)")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+
+def certificate_refusal(settings: LinkSettings, error: grpc.RpcError) -> LinkRefused | None:
+    """The refusal to report when a TLS connection failed on the cloud's certificate (None otherwise)."""
+    details = error.details() or ""
+    lowered = details.lower()
+    if not settings.tls or error.code() != grpc.StatusCode.UNAVAILABLE or not (
+            "certificate" in lowered or "hostname verification" in lowered):
+        return None
+    name = settings.tls_server_name or settings.target.rpartition(":")[0]
+    ca = settings.tls_ca or "the system CA store"
+    return LinkRefused(error.code(), details, f"refusing the cloud at {settings.target}: its certificate does not "
+                                              f"verify against {ca} for server name {name!r}: {details}")
 
 
 class Backoff:
@@ -139,6 +164,7 @@ class _Session:
                 return edge_pb2.EdgeMessage(base=edge_pb2.BasePacket(
                     frame_id=frame.frame_id, capture_time=to_timestamp(frame.capture_ns), base_layer=frame.base,
                     rate=frame.rate, residual_bytes=frame.residual_bytes,
+                    residual_on_request=frame.residual_on_request,
                 ))
         return None
 
@@ -167,8 +193,11 @@ class CloudLink:
     """Keeps the stream to the cloud up until stopped or refused."""
 
     def __init__(self, settings: LinkSettings, hello: edge_pb2.Hello, store: EdgeStore, rates: RateControl,
-                 metrics: EdgeMetrics) -> None:
+                 metrics: EdgeMetrics, layers: InspectionLayers | None = None) -> None:
         self.settings, self.hello, self.store, self.rates, self.metrics = settings, hello, store, rates, metrics
+        self.layers = layers  # None: answer with stored residual layers only
+        # layer requests may code a residual (lazy policy): off the stream's reader thread, one at a time
+        self._requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-layers")
         self.error: LinkRefused | None = None
         self.sessions = 0  # streams that got a Welcome
         self._session: _Session | None = None
@@ -184,21 +213,24 @@ class CloudLink:
         """Connect, stream, reconnect with backoff; returns when ``stop`` is set or the cloud refuses."""
         backoff = Backoff(self.settings.backoff_min_s, self.settings.backoff_max_s)
         first = True
-        while not stop.is_set():
-            if not first:
-                self.metrics.reconnects.inc()
-            first = False
-            try:
-                if self._run_session(stop):
-                    backoff.reset()
-            except LinkRefused as exc:
-                self.error = exc
-                log.error("%s", exc)
-                return
-            if not stop.is_set():
-                delay = backoff.next()
-                log.info("reconnecting to %s in %.1fs", self.settings.target, delay)
-                stop.wait(delay)
+        try:
+            while not stop.is_set():
+                if not first:
+                    self.metrics.reconnects.inc()
+                first = False
+                try:
+                    if self._run_session(stop):
+                        backoff.reset()
+                except LinkRefused as exc:
+                    self.error = exc
+                    log.error("%s", exc)
+                    return
+                if not stop.is_set():
+                    delay = backoff.next()
+                    log.info("reconnecting to %s in %.1fs", self.settings.target, delay)
+                    stop.wait(delay)
+        finally:
+            self._requests.shutdown(wait=False, cancel_futures=True)
 
     def cancel(self) -> None:
         """End the current stream (used on shutdown)."""
@@ -224,6 +256,9 @@ class CloudLink:
             code = exc.code()
             if code in REFUSAL_CODES:
                 raise LinkRefused(code, exc.details()) from None
+            refusal = certificate_refusal(s, exc)
+            if refusal is not None:
+                raise refusal from None
             if not stop.is_set():
                 log.warning("link to %s lost: %s: %s", s.target, code.name, exc.details())
         finally:
@@ -265,9 +300,25 @@ class CloudLink:
             log.warning("cloud rejected frame %d: %s", ack.frame_id, ack.reason)
 
     def _answer(self, session: _Session, request: edge_pb2.ResidualRequest) -> None:
-        data = self.store.residual(request.frame_id)
+        self._requests.submit(self._serve, session, request)
+
+    def _serve(self, session: _Session, request: edge_pb2.ResidualRequest) -> None:
+        """Answer one layer request: the residual layer (stored, or coded now) or the lossless layer."""
+        counter = self.metrics.lossless_requests if request.lossless else self.metrics.residual_requests
+        try:
+            if self.layers is None:
+                data = None if request.lossless else self.store.residual(request.frame_id)
+            elif request.lossless:
+                data = self.layers.lossless(request.frame_id)
+            else:
+                data = self.layers.residual(request.frame_id)
+        except Exception:  # a corrupt stored frame must not end the link: the cloud gets NOT_FOUND
+            log.exception("frame %d: cannot produce the requested layer", request.frame_id)
+            counter.labels("error").inc()
+            data = None
+        else:
+            counter.labels("ok" if data is not None else "not_found").inc()
         status = edge_pb2.ResidualResponse.STATUS_OK if data is not None else edge_pb2.ResidualResponse.STATUS_NOT_FOUND
-        self.metrics.residual_requests.labels("ok" if data is not None else "not_found").inc()
         session.send(edge_pb2.EdgeMessage(residual=edge_pb2.ResidualResponse(
             request_id=request.request_id, frame_id=request.frame_id, status=status, residual_layer=data or b"",
         )))

@@ -13,6 +13,7 @@ from shared.rpc import common_pb2, edge_pb2
 from shared.service.process import MetricsEndpoint
 
 from .capture import CaptureLoop
+from .layers import InspectionLayers
 from .link import CloudLink, LinkRefused, LinkSettings
 from .metrics import EdgeMetrics
 from .rate_control import RateControl
@@ -21,7 +22,8 @@ from .store import EdgeStore, StoreLimits
 
 log = logging.getLogger("icmh.edge")
 VERSION = "icmh-edge/0.1.0"
-RESIDUAL_MODES = {"pr": common_pb2.RESIDUAL_MODE_PR, "fr": common_pb2.RESIDUAL_MODE_FR}
+RESIDUAL_MODES = {"pr": common_pb2.RESIDUAL_MODE_PR, "fr": common_pb2.RESIDUAL_MODE_FR,
+                  "avif": common_pb2.RESIDUAL_MODE_AVIF}
 
 
 @dataclass
@@ -33,6 +35,7 @@ class EdgeSettings:
     link: LinkSettings
     weights: Path | None = None  # None: weights shipped in shared/weights
     mode: str = "pr"
+    residual_policy: str = "lazy"  # lazy: code the residual layer on request; eager: at capture
     loop: bool = False
     fps: float = 0.0  # 0: no cap
     max_frames: int = 0  # 0: no limit
@@ -47,15 +50,15 @@ class EdgeSettings:
 
 def make_hello(camera_id: str, token: str, codec: ScalableCodec, width: int, height: int) -> edge_pb2.Hello:
     """The first message of a stream: who this edge is and how it codes."""
-    residual = codec.residual
-    if residual is None:
+    if codec.mode != "avif" and codec.residual is None:
         raise ValueError("the edge codec needs a residual model")
+    residual_model_id, residual_weights_hash = codec.residual_identity
     return edge_pb2.Hello(
         camera_id=camera_id, token=token, frame_width=width, frame_height=height,
         residual_mode=RESIDUAL_MODES[codec.mode], software_version=VERSION,
         codec=edge_pb2.CodecInfo(
             base_model_id=codec.base.model_id, base_weights_hash=codec.base.weights_hash,
-            residual_model_id=residual.model_id, residual_weights_hash=residual.weights_hash,
+            residual_model_id=residual_model_id, residual_weights_hash=residual_weights_hash,
         ),
     )
 
@@ -77,15 +80,17 @@ class EdgeNode:
         self.metrics = EdgeMetrics()
         self.store = EdgeStore(settings.data_dir / "edge.db", settings.limits)
         hello = make_hello(settings.camera_id, settings.token, self.codec, width, height)
-        self.link = CloudLink(settings.link, hello, self.store, self.rates, self.metrics)
-        self.capture = CaptureLoop(self.source, self.codec, self.store, self.rates, self.metrics, self.link.notify)
+        self.layers = InspectionLayers(self.codec, self.store, self.metrics)
+        self.link = CloudLink(settings.link, hello, self.store, self.rates, self.metrics, self.layers)
+        self.capture = CaptureLoop(self.source, self.codec, self.store, self.rates, self.metrics, self.link.notify,
+                                   settings.residual_policy)
         self._watch_store()
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._metrics_endpoint: MetricsEndpoint | None = None
-        log.info("camera %s: %s %s at %dx%d, %s residual", settings.camera_id, self.source.kind, settings.source,
-                 width, height, settings.mode)
+        log.info("camera %s: %s %s at %dx%d, %s residual (%s)", settings.camera_id, self.source.kind,
+                 settings.source, width, height, settings.mode, settings.residual_policy)
 
     def _watch_store(self) -> None:
         m, store = self.metrics, self.store
@@ -93,6 +98,8 @@ class EdgeNode:
         m.outbox_bytes.set_function(lambda: store.outbox_usage().bytes)
         m.residual_frames.set_function(lambda: store.residual_usage().frames)
         m.residual_bytes.set_function(lambda: store.residual_usage().bytes)
+        m.kept_frames.set_function(lambda: store.frame_usage().frames)
+        m.kept_frame_bytes.set_function(lambda: store.frame_usage().bytes)
         m.base_rate.set_function(lambda: self.rates.current.base)
 
     def start(self) -> None:

@@ -28,33 +28,50 @@ def _codec(args: argparse.Namespace, with_residual: bool):
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
+    from .codec.lossless import METHODS
+
+    if args.lossless_method == "residual" and args.residual is None:
+        raise ValueError("--lossless-method residual needs --residual")
     codec = _codec(args, with_residual=args.residual is not None)
     image = _read_image(args.image)
     base = codec.encode_base(image, args.rate)
     Path(args.base).write_bytes(base.data)
     pixels = image.shape[0] * image.shape[1]
     report = {"base_bytes": len(base.data), "base_bpp": round(8 * len(base.data) / pixels, 4)}
+    residual = None
     if args.residual is not None:
         residual_rate = args.rate if args.residual_rate is None else args.residual_rate
         residual = codec.encode_residual(image, base, residual_rate)
         Path(args.residual).write_bytes(residual)
         report |= {"residual_bytes": len(residual), "residual_bpp": round(8 * len(residual) / pixels, 4)}
+    if args.lossless is not None:
+        method = METHODS[("frame", "residual").index(args.lossless_method)]
+        layer = codec.encode_lossless(image, base.data, residual, method)
+        Path(args.lossless).write_bytes(layer)
+        report |= {"lossless_bytes": len(layer), "lossless_bpp": round(8 * len(layer) / pixels, 4)}
     print(json.dumps(report))
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
     import cv2
 
-    from .codec.bitstream import LayerKind, unpack
+    from .codec.api import MODE_OF_KIND
+    from .codec.bitstream import BitstreamError, unpack
 
     residual = Path(args.residual).read_bytes() if args.residual else None
-    mode = args.mode
     if residual is not None:
-        mode = "fr" if unpack(residual)[0].kind == LayerKind.FR_RESIDUAL else "pr"
-    args.mode = mode
+        kind = unpack(residual)[0].kind
+        if kind not in MODE_OF_KIND:
+            raise BitstreamError(f"{args.residual} is a {kind.name.lower()} layer, not a residual layer")
+        args.mode = MODE_OF_KIND[kind]
     codec = _codec(args, with_residual=residual is not None)
     base = Path(args.base).read_bytes()
-    image = codec.decode_machine(base) if residual is None else codec.decode_human(base, residual)
+    if args.lossless:
+        image = codec.decode_original(base, Path(args.lossless).read_bytes(), residual)
+    elif residual is not None:
+        image = codec.decode_human(base, residual)
+    else:
+        image = codec.decode_machine(base)
     if not cv2.imwrite(args.output, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
         raise ValueError(f"cannot write {args.output}")
 
@@ -96,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def codec_flags(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--weights", help="folder with sa-icm.pt / pr-icmh.pt / fr-icmh.pt (default: shipped)")
-        sp.add_argument("--mode", choices=("pr", "fr"), default="pr", help="residual layer kind")
+        sp.add_argument("--mode", choices=("pr", "fr", "avif"), default="pr",
+                        help="residual layer kind: learned PR-/FR-ICMH, or x - x̂_m coded by AVIF")
 
     e = sub.add_parser("encode", help="code an image into a base layer and optionally a residual layer")
     e.add_argument("image")
@@ -104,12 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--residual", help="output residual-layer file")
     e.add_argument("--rate", type=float, default=0.5, help="R in [0,1]: 0 smallest stream, 1 best quality")
     e.add_argument("--residual-rate", type=float, help="rate of the residual layer (default: --rate)")
+    e.add_argument("--lossless", help="output lossless layer file (evidence tier: decodes to the exact input)")
+    e.add_argument("--lossless-method", choices=("frame", "residual"), default="frame",
+                   help="lossless WebP of the frame, or of the residual to the human image (needs --residual)")
     codec_flags(e)
     e.set_defaults(func=cmd_encode)
 
-    d = sub.add_parser("decode", help="decode the machine image (base) or the human image (base + residual)")
+    d = sub.add_parser("decode", help="decode the machine image (base), the human image (base + residual) "
+                                      "or the exact original (+ lossless)")
     d.add_argument("--base", required=True)
     d.add_argument("--residual")
+    d.add_argument("--lossless", help="lossless layer: write the captured frame pixel for pixel")
     d.add_argument("-o", "--output", required=True)
     codec_flags(d)
     d.set_defaults(func=cmd_decode)

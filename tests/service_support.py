@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from cloud_server.auth import CameraRegistry
+from cloud_server.auth import CameraRegistry, OperatorRegistry
 from cloud_server.codecs import CloudCodecs
 from cloud_server.detector import YoloDetector
 from cloud_server.server import CloudServer, CloudSettings
@@ -21,13 +21,14 @@ from edge_node.source import FrameSource
 from shared.bench.delivery import read_jsonl
 from shared.codec.api import ScalableCodec
 from shared.rpc import edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
-from shared.service.feed import DetectionFeed as Subscriber  # noqa: F401 - used by the tests
-from shared.service.grpc_setup import channel_options
+from shared.service.feed import DetectionFeed
+from shared.service.grpc_setup import channel_options, with_token
 from shared.service.local import free_port, wait_for  # noqa: F401 - used by the tests
 
 FRAME_SIZE = (320, 192)  # small frames: fast on 2 shared cores
 DETECTOR_IMGSZ = 320
 VIDEO = Path("data") / "traffic" / "cvtrafficcam_street.mp4"
+OPERATOR_TOKEN = "test-admin-token"  # the admin operator every test cloud has (unless overridden)
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,9 +39,11 @@ def shared_detector(model_path: Path) -> YoloDetector:
 
 def start_cloud(tmp: Path, weights: Path, shared_dir: Path, cameras: dict[str, str],
                 **overrides: object) -> CloudServer:
-    """An in-process cloud server on a free port, detections also in ``tmp/detections.jsonl``."""
+    """An in-process cloud server on a free port, detections also in ``tmp/detections.jsonl``, operator
+    ``test-admin`` (token :data:`OPERATOR_TOKEN`)."""
     settings = CloudSettings(**{
         "cameras": CameraRegistry.load(None, [f"{c}={t}" for c, t in cameras.items()]), "data_dir": tmp / "cloud",
+        "operators": OperatorRegistry.load(None, [f"test-admin={OPERATOR_TOKEN}:admin"]),
         "detector": shared_dir / "models" / "yolov8n.pt", "listen": "127.0.0.1:0", "weights": weights,
         "detector_imgsz": DETECTOR_IMGSZ, "detections_jsonl": tmp / "detections.jsonl", **overrides,
     })
@@ -78,13 +81,23 @@ def frame_ids(path: Path, camera_id: str) -> list[int]:
     return [r["frame_id"] for r in read_jsonl(path) if r["camera_id"] == camera_id]
 
 
-def operator(port: int) -> operator_pb2_grpc.OperatorStub:
-    return operator_pb2_grpc.OperatorStub(grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()))
+def operator(port: int, token: str | None = OPERATOR_TOKEN) -> operator_pb2_grpc.OperatorStub:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+    return operator_pb2_grpc.OperatorStub(with_token(channel, token))
 
 
-def get_frame(port: int, camera_id: str, frame_id: int, quality: int) -> operator_pb2.GetFrameResponse:
+def get_frame(port: int, camera_id: str, frame_id: int, quality: int,
+              token: str | None = OPERATOR_TOKEN) -> operator_pb2.GetFrameResponse:
     request = operator_pb2.GetFrameRequest(camera_id=camera_id, frame_id=frame_id, quality=quality)
-    return operator(port).GetFrame(request, timeout=30)
+    return operator(port, token).GetFrame(request, timeout=30)
+
+
+class Subscriber(DetectionFeed):
+    """A live detection feed subscribed with an operator token (the test admin's by default)."""
+
+    def __init__(self, port: int, camera_ids: tuple[str, ...] | list[str] = (), class_names: tuple[str, ...] = (),
+                 token: str | None = OPERATOR_TOKEN) -> None:
+        super().__init__(port, camera_ids, class_names, token=token)
 
 
 def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
@@ -136,7 +149,8 @@ class RawEdge:
 
 
 def make_tls_files(folder: Path) -> dict[str, Path]:
-    """A throw-away CA with a server certificate for 127.0.0.1 / localhost and a client certificate."""
+    """A throw-away CA with a server certificate for 127.0.0.1 / localhost, an edge client certificate (CN
+    ``edge``) and an operator console certificate (CN ``ops-console``)."""
     import datetime
     import ipaddress
 
@@ -173,8 +187,10 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
     server = issue("localhost", ca_cert.subject, ca_key, False,
                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     client = issue("edge", ca_cert.subject, ca_key, False)
+    console = issue("ops-console", ca_cert.subject, ca_key, False, [x509.DNSName("ops-console.example.net")])
     _, ca_path = write("ca", ca_key, ca_cert)
     server_key, server_cert = write("server", *server)
     client_key, client_cert = write("client", *client)
+    operator_key, operator_cert = write("operator", *console)
     return {"ca": ca_path, "server_key": server_key, "server_cert": server_cert, "client_key": client_key,
-            "client_cert": client_cert}
+            "client_cert": client_cert, "operator_key": operator_key, "operator_cert": operator_cert}

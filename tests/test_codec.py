@@ -176,17 +176,31 @@ def test_pack_refuses_bad_headers() -> None:
 # -- determinism across processes and CPU kernels -------------------------------------------
 DECODE_SCRIPT = """
 import hashlib, sys, torch
-torch.set_num_threads(int(sys.argv[3]))
+torch.set_num_threads(int(sys.argv[1]))
 from shared.codec import ScalableCodec
-codec = ScalableCodec.from_weights(sys.argv[1], mode=sys.argv[4])
-base = open(sys.argv[2] + '.base', 'rb').read()
-res = open(sys.argv[2] + '.res', 'rb').read()
+codec = ScalableCodec.from_weights(sys.argv[2], mode=sys.argv[4])
+base = open(sys.argv[3] + '.base', 'rb').read()
+res = open(sys.argv[3] + '.res', 'rb').read()
 print(hashlib.sha256(codec.decode_machine(base).tobytes()).hexdigest(),
       hashlib.sha256(codec.decode_human(base, res).tobytes()).hexdigest())
 """
 
 
-@pytest.mark.parametrize("mode", ["pr", "fr"])
+def run_in_other_processes(script: str, *args: str) -> list[tuple[str, str]]:
+    """Run ``script`` (``sys.argv[1]`` = torch threads, then ``args``) in fresh processes with 2 threads and with
+    1 thread and ``ATEN_CPU_CAPABILITY=default``; returns (setting, stdout) per run."""
+    runs = []
+    for threads, capability in (("2", None), ("1", "default")):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if capability:
+            env["ATEN_CPU_CAPABILITY"] = capability
+        out = subprocess.run([sys.executable, "-c", script, threads, *args], capture_output=True, text=True, env=env,
+                             check=True, timeout=300)
+        runs.append((f"threads={threads} capability={capability}", out.stdout))
+    return runs
+
+
+@pytest.mark.parametrize("mode", ["pr", "fr", "avif"])
 def test_decode_identical_in_other_process_threads_and_cpu_capability(
     tiny_weights: Path, photo: np.ndarray, tmp_path: Path, mode: str
 ) -> None:
@@ -198,15 +212,8 @@ def test_decode_identical_in_other_process_threads_and_cpu_capability(
         hashlib.sha256(img.tobytes()).hexdigest()
         for img in (codec.decode_machine(base), codec.decode_human(base, residual))
     )
-    for threads, capability in (("2", None), ("1", "default")):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if capability:
-            env["ATEN_CPU_CAPABILITY"] = capability
-        out = subprocess.run(
-            [sys.executable, "-c", DECODE_SCRIPT, str(tiny_weights), str(tmp_path / "f"), threads, mode],
-            capture_output=True, text=True, env=env, check=True, timeout=300,
-        )
-        assert out.stdout.split()[-2:] == expected.split(), f"threads={threads} capability={capability}"
+    for setting, stdout in run_in_other_processes(DECODE_SCRIPT, str(tiny_weights), str(tmp_path / "f"), mode):
+        assert stdout.split()[-2:] == expected.split(), setting
 
 
 def test_shipped_weights_rate_increases_stream_size(shared_dir: Path) -> None:
@@ -248,3 +255,4 @@ def test_fast_decode_in_one_thread_leaves_exact_decode_in_another(codec: Scalabl
     finally:
         stop.set()
         switcher.join()
+

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from service_support import (
     FRAME_SIZE,
+    OPERATOR_TOKEN,
     VIDEO,
     Subscriber,
     edge_settings,
@@ -157,7 +158,7 @@ def test_cloud_config_changes_the_edge_rate(cloud: CloudServer, tmp_path: Path, 
 def test_operator_cli(cloud: CloudServer, tmp_path: Path, shared_dir: Path, tiny_weights: Path,
                       capsys: pytest.CaptureFixture) -> None:
     node = edge(cloud, tmp_path, "cam-cli", shared_dir, tiny_weights, max_frames=2)
-    server = ["--server", f"127.0.0.1:{cloud.port}"]
+    server = ["--server", f"127.0.0.1:{cloud.port}", "--token", OPERATOR_TOKEN]
     try:
         wait_for(lambda: frame_ids(cloud.settings.detections_jsonl, "cam-cli") == [1, 2], what="2 results")
         assert operator_cli.main([*server, "cameras"]) == 0

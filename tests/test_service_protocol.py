@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from service_support import (
+    OPERATOR_TOKEN,
     RawEdge,
     edge_settings,
     encode_frames,
@@ -204,9 +205,10 @@ def test_mutual_tls(tmp_path: Path, tiny_weights: Path, shared_dir: Path) -> Non
     try:
         wait_for(lambda: frame_ids(server.settings.detections_jsonl, "cam-tls") == [1, 2], what="2 results over TLS")
         request = operator_pb2.ListCamerasRequest()
-        with open_channel(target, ca=tls["ca"], cert=tls["client_cert"], key=tls["client_key"]) as channel:
+        with open_channel(target, ca=tls["ca"], cert=tls["client_cert"], key=tls["client_key"],
+                          token=OPERATOR_TOKEN) as channel:
             assert operator_pb2_grpc.OperatorStub(channel).ListCameras(request, timeout=10).cameras
-        for kwargs in ({"ca": tls["ca"]}, {}):  # no client certificate / no TLS at all
+        for kwargs in ({"ca": tls["ca"], "token": OPERATOR_TOKEN}, {}):  # no client certificate / no TLS at all
             with open_channel(target, **kwargs) as channel:
                 error = rpc_error(lambda c=channel: operator_pb2_grpc.OperatorStub(c).ListCameras(request, timeout=10))
                 assert error.code() == grpc.StatusCode.UNAVAILABLE

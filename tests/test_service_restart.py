@@ -115,7 +115,7 @@ def test_edge_cli_streams_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_weig
         edge.send_signal(signal.SIGTERM)
         assert edge.wait(timeout=60) == 0, edge.stdout.read()
         store = EdgeStore(tmp_path / "edge" / "edge.db")
-        assert store.outbox_usage().frames == 0 and store.residual(2) is not None and store.next_frame_id() == 3
+        assert store.outbox_usage().frames == 0 and store.frame(2) is not None and store.next_frame_id() == 3
         store.close()
     finally:
         if edge.poll() is None:

@@ -15,7 +15,8 @@ import torch
 
 from shared.codec import ScalableCodec
 from shared.codec.weights import export_weights
-from shared.training.data import check_training_path, load_detection_monitor_set, load_training_set
+from shared.splits import check_training_path, video_frames
+from shared.training.data import load_detection_monitor_set, load_training_set
 from shared.training.detector_features import DetectorFeatureLoss
 from shared.training.masks import SamBoundaries, boxes_to_mask, edge_mask
 from shared.training.trainer import TrainConfig, Trainer, accuracy_at
@@ -114,6 +115,17 @@ def test_detection_monitor_images_are_never_trained_on(mini_shared: Path) -> Non
     monitor = [s.key for s in load_detection_monitor_set(mini_shared).samples]
     train = {s.key for s in load_training_set(mini_shared).samples}
     assert len(monitor) == 1 and monitor[0].startswith("road_traffic4/train/") and monitor[0] not in train
+
+
+def test_video_splits_are_disjoint_and_cover_the_tail() -> None:
+    """Training, checkpoint selection and test frames of a video never overlap (shared/splits.py)."""
+    for n in (754, 905, 40):
+        parts = {part: set(video_frames(n, part, stride=1)) for part in ("train", "selection", "test")}
+        assert not parts["train"] & parts["selection"] and not parts["selection"] & parts["test"]
+        assert not parts["train"] & parts["test"]
+        assert parts["train"] | parts["selection"] | parts["test"] == set(range(n))
+    with pytest.raises(ValueError):
+        video_frames(10, "validation")
 
 
 def test_train_resume_export_and_residual_cycle(mini_shared: Path, shared_dir: Path, tmp_path: Path) -> None:

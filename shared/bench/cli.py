@@ -1,5 +1,6 @@
 """``bench`` subcommands: ``machine`` (mAP vs bpp), ``human`` (PSNR / MS-SSIM vs bpp), ``speed`` (fps, memory),
-``service`` (one camera end to end through the gRPC service), ``scale`` (many cameras against one cloud).
+``service`` (one camera end to end through the gRPC service), ``scale`` (many cameras against one cloud),
+``edge`` (lazy vs eager residual policy), ``lossless`` (evidence-layer size).
 
 Hooked into ``icmh`` by ``add_bench_parser(subparsers)``; also runnable on its own as
 ``python -m shared.bench.cli {machine,human,speed,service,scale} ...``. Heavy imports happen only when a
@@ -80,7 +81,7 @@ def cmd_machine(args: argparse.Namespace) -> None:
 def cmd_human(args: argparse.Namespace) -> None:
     from .human_quality import run_human
 
-    for path in run_human(_options(args), args.base_rate):
+    for path in run_human(_options(args), args.base_rate, args.dataset):
         print(path)
 
 
@@ -120,6 +121,22 @@ def cmd_scale(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_edge(args: argparse.Namespace) -> None:
+    from .edge_policy import run_edge_policy
+
+    for path in run_edge_policy(Path(args.shared), Path(args.out), Path(args.weights) if args.weights else None,
+                                args.mode, args.sizes, args.frames, args.rate, args.residual_rate, args.threads,
+                                _command(args)):
+        print(path)
+
+
+def cmd_lossless(args: argparse.Namespace) -> None:
+    from .lossless_tier import run_lossless
+
+    for path in run_lossless(_options(args), args.base_rate, args.traffic_frames):
+        print(path)
+
+
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bench {machine,human,speed,service,scale}`` to an ``icmh`` subparsers object; returns ``bench``."""
     from shared.cli import DEFAULT_SHARED  # at call time: shared.cli may import this module
@@ -149,9 +166,11 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     m.add_argument("--detector", help="YOLO checkpoint (default SHARED/models/yolov8n.pt)")
     m.set_defaults(func=cmd_machine)
 
-    h = sub.add_parser("human", help="PSNR and MS-SSIM on Kodak vs bpp")
+    h = sub.add_parser("human", help="PSNR and MS-SSIM on Kodak (or traffic-camera frames) vs bpp")
     common(h, rates)
     h.add_argument("--base-rate", type=float, default=0.5, help="base-layer R under the PR/FR residual curves")
+    h.add_argument("--dataset", choices=("kodak", "traffic_cams"), default="kodak",
+                   help="kodak, or the test frames of the traffic videos (never trained on or selected on)")
     h.set_defaults(func=cmd_human)
 
     s = sub.add_parser("speed", help="encode/decode time per layer, fps, detector time, peak memory")
@@ -192,6 +211,25 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     c.add_argument("--edge", choices=("replay", "node"), default="replay",
                    help="replay: pre-encoded layers through the edge's link code (light); node: edge-node processes")
     c.set_defaults(func=cmd_scale)
+
+    g = sub.add_parser("edge", help="edge residual policies lazy vs eager: capture fps, storage/hour, inspection")
+    g.add_argument("--weights", help="codec weights folder (default: shipped shared/weights)")
+    g.add_argument("--mode", choices=("pr", "fr", "avif"), default="pr", help="residual layer kind")
+    g.add_argument("--sizes", type=_sizes, default=_sizes("640x360,1280x720"), help="frame sizes WxH")
+    g.add_argument("--frames", type=int, default=8, help="frames captured per size and policy")
+    g.add_argument("--rate", type=float, default=0.5, help="base-layer rate R")
+    g.add_argument("--residual-rate", type=float, default=0.5, help="residual-layer rate R")
+    g.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
+    g.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for edge.json / .png")
+    g.add_argument("--shared", default=str(DEFAULT_SHARED), help="the ../shared folder (data/, models/)")
+    g.set_defaults(func=cmd_edge)
+
+    x = sub.add_parser("lossless", help="lossless evidence layer: bytes vs PNG and lossless WebP of the original")
+    common(x, "0.5", codecs=False)
+    x.set_defaults(codecs=None)
+    x.add_argument("--base-rate", type=float, default=0.5, help="base-layer R under the residual layers")
+    x.add_argument("--traffic-frames", type=int, default=6, help="frames taken from each traffic video")
+    x.set_defaults(func=cmd_lossless)
     return bench
 
 

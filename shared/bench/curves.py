@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..media import read_rgb
 from .bdrate import bd_rate
 from .classical import ClassicalCodec
-from .datasets import read_rgb
 
 
 @dataclass

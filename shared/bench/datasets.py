@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..media import iter_video_frames
+from ..splits import video_frames
 from .detection_map import Boxes
 from .detector import ROAD_USERS, Detector
 
@@ -21,20 +22,12 @@ DETECTION_SETS = {
                       "data/road_traffic4/coco_class_map.json"),
     "coco128": ("data/coco128/images/train", "data/coco128/labels/train", None),
 }
-#: frames of the traffic videos that training never sees (the last 15 %; shared/training/data.py),
-#: labelled with the detector's own boxes on the original frames (pseudo ground truth)
+#: test frames of the traffic videos (shared/splits.py: never trained on, never used for checkpoint
+#: selection), labelled with the detector's own boxes on the original frames (pseudo ground truth)
 TRAFFIC_CAMS = "traffic_cams"
 KODAK = "data/kodak"
 TRAFFIC_VIDEO = "data/traffic/cvtrafficcam_street.mp4"
 COCO80 = range(80)
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
@@ -89,19 +82,6 @@ def load_detection_set(shared: Path, name: str, limit: int | None = None) -> tup
     return items, classes
 
 
-def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Every frame of a video as an RGB image (none if the file cannot be read)."""
-    capture = cv2.VideoCapture(str(path))
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                return
-            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-    finally:
-        capture.release()
-
-
 def read_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
     """The first ``count`` frames of a video as RGB images."""
     frames = list(itertools.islice(iter_video_frames(path), count))
@@ -112,20 +92,26 @@ def read_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
 
 def load_pseudo_labelled_frames(shared: Path, detector: Detector, folder: Path,
                                 limit: int | None = None) -> tuple[list[LabelledImage], list[int]]:
-    """Held-out traffic-camera frames saved as PNG in ``folder``, each labelled with the detector's
-    road-user boxes (score >= 0.25) on the original: accuracy on a decoded frame then says how much
-    of what the cloud would detect on the original survives the codec."""
-    from ..training.data import load_detection_monitor_set
-
+    """Test frames of the traffic videos (:func:`traffic_test_frames`) saved as PNG in ``folder``, each
+    labelled with the detector's road-user boxes (score >= 0.25) on the original: accuracy on a decoded
+    frame then says how much of what the cloud would detect on the original survives the codec."""
     folder.mkdir(parents=True, exist_ok=True)
-    frames = [s for s in load_detection_monitor_set(shared).samples if s.key.startswith("traffic/")][:limit]
     items = []
-    for sample in frames:
-        path = folder / (sample.key.replace("/", "_").replace("#", "_") + ".png")
-        cv2.imwrite(str(path), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
-        height, width = sample.image.shape[:2]
-        truth = detector.pseudo_truth(sample.image)
+    for key, image in traffic_test_frames(shared)[:limit]:
+        path = folder / (key.replace("/", "_").replace("#", "_") + ".png")
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        height, width = image.shape[:2]
+        truth = detector.pseudo_truth(image)
         xyxy = truth.xyxy / np.array([width, height, width, height], dtype=np.float64)
         cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
         items.append(LabelledImage(path, truth.classes, cxcywh))
     return items, ROAD_USERS
+
+
+def traffic_test_frames(shared: Path) -> list[tuple[str, np.ndarray]]:
+    """(key, RGB frame) of the test part of every traffic video (shared/splits.py), in video then frame order."""
+    out = []
+    for video in sorted((shared / "data" / "traffic").glob("*.mp4")):
+        frames = list(iter_video_frames(video))
+        out += [(f"traffic/{video.name}#{i}", frames[i]) for i in video_frames(len(frames), "test")]
+    return out

@@ -1,29 +1,34 @@
-"""Human-quality benchmark: PSNR (RGB) and MS-SSIM vs bits per pixel on Kodak.
+"""Human-quality benchmark: PSNR (RGB) and MS-SSIM vs bits per pixel on Kodak or traffic-camera frames.
 
-Curves: the SA-ICM base alone (machine image), PR-ICMH and FR-ICMH with the base fixed at one
-rate and the residual swept (total = base + residual, and the residual layer alone, as in
-Fig. 6 of Tatsumi et al.), the single-layer reference and the classical codecs; BD-rate of
+Curves: the SA-ICM base alone (machine image), PR-ICMH, FR-ICMH and the classical AVIF residual
+(``pr-avif``: x - x̂_m + 128 coded by AVIF, R -> quality) with the base fixed at one rate and the
+residual swept (total = base + residual, and the residual layer alone, as in Fig. 6 of Tatsumi
+et al.), the single-layer reference and the classical codecs; BD-rate of
 every curve (total rate) against WebP and JPEG.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from pytorch_msssim import ms_ssim
 
 from shared.service.images import psnr
 
+from ..media import read_rgb
 from .curves import Evaluate, bd_rate_table, measure_curve
-from .datasets import KODAK, list_images, read_rgb
+from .datasets import KODAK, TRAFFIC_CAMS, list_images, traffic_test_frames
 from .lineup import BenchOptions, build_lineup, set_threads
 from .report import figure, plot_rate_curves, run_metadata, save_figure, write_json
 
-HUMAN_CODECS = ("sa-icm", "pr-icmh", "fr-icmh", "single")
-RESIDUAL_CODECS = ("pr-icmh", "fr-icmh")
+HUMAN_CODECS = ("sa-icm", "pr-icmh", "pr-icmh-small", "fr-icmh", "pr-avif", "single")
+RESIDUAL_CODECS = ("pr-icmh", "pr-icmh-small", "fr-icmh", "pr-avif")
+HUMAN_DATASETS = ("kodak", TRAFFIC_CAMS)
 ANCHORS = ("webp", "jpeg")
 METRICS = {"psnr": "PSNR RGB (dB)", "ms_ssim": "MS-SSIM"}
 
@@ -55,19 +60,38 @@ def quality_evaluator(paths: list[Path]) -> Evaluate:
     return evaluate
 
 
-def run_human(options: BenchOptions, base_rate: float) -> list[Path]:
-    """Run the benchmark on Kodak; returns the JSON and PNG files written."""
+def dataset_images(options: BenchOptions, dataset: str, folder: Path) -> tuple[list[Path], str]:
+    """Image files of ``dataset`` (traffic test frames are written as PNG into ``folder``) and their source."""
+    if dataset == "kodak":
+        return list_images(options.shared / KODAK, options.limit), str(options.shared / KODAK)
+    if dataset != TRAFFIC_CAMS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {HUMAN_DATASETS}")
+    frames = traffic_test_frames(options.shared)
+    if options.limit:  # spread the frames over both videos
+        frames = [frames[round(i * (len(frames) - 1) / max(options.limit - 1, 1))] for i in range(options.limit)]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, image in frames:
+        path = folder / (key.replace("/", "_").replace("#", "_") + ".png")
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths, "test frames of ../shared/data/traffic/*.mp4 (shared/splits.py)"
+
+
+def run_human(options: BenchOptions, base_rate: float, dataset: str = "kodak") -> list[Path]:
+    """Run the benchmark on ``dataset``; returns the JSON and PNG files written."""
     set_threads(options.threads)
     lineup = build_lineup(options, HUMAN_CODECS, base_rate)
-    paths = list_images(options.shared / KODAK, options.limit)
-    evaluate = quality_evaluator(paths)
-    curves = {s.name: measure_curve(s, paths, evaluate, "human kodak") for s in lineup.sweeps}
-    name = "human_kodak"
+    with tempfile.TemporaryDirectory(prefix="icmh-human-") as tmp:
+        paths, source = dataset_images(options, dataset, Path(tmp))
+        evaluate = quality_evaluator(paths)
+        curves = {s.name: measure_curve(s, paths, evaluate, f"human {dataset}") for s in lineup.sweeps}
+    name = f"human_{dataset}"
     payload = {
         "benchmark": "human",
-        "dataset": "kodak",
+        "dataset": dataset,
         "meta": run_metadata(options.command, len(paths), options.threads, {
-            "weights": lineup.learned.describe(), "images": str(options.shared / KODAK),
+            "weights": lineup.learned.describe(), "images": source,
         }),
         "metric": "mean over images of per-image PSNR (RGB, 8 bit) and MS-SSIM (pytorch_msssim, data range 255)",
         "residual_base_rate": base_rate,
@@ -81,7 +105,8 @@ def run_human(options: BenchOptions, base_rate: float) -> list[Path]:
         "skipped": lineup.skipped,
     }
     written = [write_json(options.out, name, payload)]
-    fig, axes = figure(len(METRICS), f"Kodak: human-oriented quality ({len(paths)} images)")
+    title = "Kodak" if dataset == "kodak" else "Traffic cameras"
+    fig, axes = figure(len(METRICS), f"{title}: human-oriented quality ({len(paths)} images)")
     residual_rates = {n: "residual_bpp" for n in RESIDUAL_CODECS}
     for ax, (metric, label) in zip(axes, METRICS.items(), strict=True):
         plot_rate_curves(ax, curves, metric, label, layer_rates=residual_rates)

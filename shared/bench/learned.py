@@ -1,4 +1,5 @@
-"""The project's learned codecs as rate sweeps: SA-ICM base, PR-/FR-ICMH residual layers, single-layer reference.
+"""The project's codecs as rate sweeps: SA-ICM base, PR-/FR-ICMH residual layers, single-layer reference, and the
+classical AVIF residual on the SA-ICM base (``pr-avif``, the human layer's baseline).
 
 Every point goes through the real bitstream: the bytes are the layer containers and the
 image is what a decoder makes of them (``decode_machine`` / ``decode_human``).
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.codec import classical_residual
 from shared.codec.api import BaseEncoding, ScalableCodec
 from shared.codec.weights import LAYER_FILES, SHIPPED_DIR, LoadedModel, load_layer
 
@@ -23,8 +25,12 @@ LEARNED = {
     "sa-icm": ("base", "SA-ICM base (ours)"),
     "single": ("single", "single-layer reference"),
     "pr-icmh": ("pr", "PR-ICMH (ours)"),
+    "pr-icmh-small": ("pr-small", "PR-ICMH, small decoder (session 2)"),
     "fr-icmh": ("fr", "FR-ICMH (ours)"),
+    "pr-avif": ("avif", "AVIF residual on SA-ICM (classical baseline)"),
 }
+#: layers that need no weights file (classical residual codecs)
+CLASSICAL_LAYERS = {"avif": classical_residual.available}
 
 
 @dataclass
@@ -43,13 +49,16 @@ class LearnedCodecs:
         }
 
     def codec(self, name: str) -> ScalableCodec | None:
-        """The codec behind sweep ``name``, or None when its weights are missing."""
+        """The codec behind sweep ``name``, or None when its weights (or its classical codec) are missing."""
         layer = LEARNED[name][0]
-        if layer not in self.layers:
+        if layer not in self.layers and (layer not in CLASSICAL_LAYERS or layer in self.notes):
             return None
         if layer in ("base", "single"):
             return ScalableCodec(self.layers[layer])
-        return ScalableCodec(self.layers["base"], self.layers[layer], mode=layer)
+        if layer in CLASSICAL_LAYERS:
+            return ScalableCodec(self.layers["base"], None, mode=layer)
+        mode = "pr" if layer.startswith("pr") else layer
+        return ScalableCodec(self.layers["base"], self.layers[layer], mode=mode)
 
 
 def load_learned(weights: str | Path | None, names: Sequence[str]) -> LearnedCodecs:
@@ -63,6 +72,10 @@ def load_learned(weights: str | Path | None, names: Sequence[str]) -> LearnedCod
     needed = {LEARNED[n][0] for n in names if n in LEARNED}
     if needed - {"single"}:
         needed.add("base")
+    for layer in needed & set(CLASSICAL_LAYERS):
+        needed.discard(layer)
+        if not CLASSICAL_LAYERS[layer]():
+            loaded.notes[layer] = f"skipped: this Pillow has no {layer.upper()} support"
     for layer in sorted(needed, key=list(LAYER_FILES).index):
         path = folder / LAYER_FILES[layer]
         if path.exists():
@@ -116,7 +129,7 @@ def learned_sweeps(
     for name in names:
         if name not in LEARNED or (codec := learned.codec(name)) is None:
             continue
-        if codec.residual is None:
+        if LEARNED[name][0] in ("base", "single"):
             sweeps.append(machine_layer_sweep(name, codec, rates))
         elif base_rate is not None:
             sweeps.append(residual_sweep(name, codec, base_rate, rates))

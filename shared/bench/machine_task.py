@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..media import read_rgb
 from .curves import Evaluate, bd_rate_table, measure_curve
 from .datasets import (
     DETECTION_SETS,
@@ -22,7 +23,6 @@ from .datasets import (
     LabelledImage,
     load_detection_set,
     load_pseudo_labelled_frames,
-    read_rgb,
 )
 from .detection_map import mean_average_precision
 from .detector import PREDICT_ARGS, PSEUDO_LABEL_SCORE, Detector

@@ -51,9 +51,11 @@ class StreamOptions:
                 raise FileNotFoundError(f"{what} not found: {path}")
 
     def edge_args(self) -> list[str]:
-        """``edge-node`` flags for the frame size, residual mode and rates."""
+        """``edge-node`` flags for the frame size, residual mode and rates (eager residuals: their sizes are
+        reported with every base packet, which the service benchmark's per-frame figures need)."""
         return ["--width", str(self.size[0]), "--height", str(self.size[1]), "--mode", self.mode,
-                "--rate", str(self.rate), "--residual-rate", str(self.residual_rate), "--fps", str(self.fps)]
+                "--rate", str(self.rate), "--residual-rate", str(self.residual_rate), "--fps", str(self.fps),
+                "--residual-policy", "eager"]
 
     def metadata(self, image_count: int, weights: dict, extra: dict[str, Any]) -> dict[str, Any]:
         return run_metadata(self.command, image_count, self.threads, {
@@ -103,7 +105,8 @@ def cloud_with_feed(services: LocalServices, options: StreamOptions, cameras: li
     """A ``cloud-server`` for ``cameras`` writing ``jsonl``, and a feed of all its results (closed on exit)."""
     cloud, port = services.start_cloud({c: token(c) for c in cameras}, options.weights, options.detector,
                                        detections_jsonl=jsonl, threads=options.threads,
-                                       extra=["--detector-imgsz", str(options.detector_imgsz)])
+                                       extra=["--detector-imgsz", str(options.detector_imgsz),
+                                              "--insecure-open-operators"])  # loopback benchmark: no tokens
     feed = DetectionFeed(port)
     try:
         yield cloud, port, feed

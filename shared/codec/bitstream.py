@@ -4,7 +4,7 @@ Layout (big-endian)::
 
     magic "ICMH" | version u8 | kind u8 | rate index u8 | id length u8 | model id
     | weights hash 8B | height u16 | width u16 | pad_h u8 | pad_w u8
-    | base digest 8B (residual layers: digest of the base container they refine)
+    | base digest 8B (refinement layers: digest of the layer(s) they refine, see :func:`layers_digest`)
     | n u8 | n x u32 string lengths | strings | crc32 u32 of everything before
 
 Every malformed input raises :class:`BitstreamError` with a one-line reason,
@@ -37,11 +37,20 @@ class LayerKind(IntEnum):
     BASE = 0
     PR_RESIDUAL = 1
     FR_RESIDUAL = 2
+    CLASSICAL_RESIDUAL = 3  # x - x̂_m offset to uint8, coded by a classical image codec (AVIF)
+    LOSSLESS = 4  # evidence tier: with the layers below it, the captured frame pixel for pixel
 
 
 def digest(data: bytes) -> bytes:
     """Short content digest that ties a residual layer to its base layer."""
     return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def layers_digest(*layers: bytes) -> bytes:
+    """Digest a refinement layer stores: of its base container alone, or of the layers it refines, in order."""
+    if len(layers) == 1:
+        return digest(layers[0])
+    return digest(b"".join(digest(bytes(layer)) for layer in layers))
 
 
 @dataclass(frozen=True)

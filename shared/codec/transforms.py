@@ -10,7 +10,10 @@ float convolutions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn as nn
+from compressai.layers import GDN
 
 from .exact import ExactConv2d, ExactConvTranspose2d
 
@@ -29,24 +32,24 @@ def exact_deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> Exact
     )
 
 
-def analysis_transform(in_ch: int, width: int, latent: int) -> nn.Sequential:
-    """g_a: image (or pixel residual) -> latent at 1/16 resolution."""
-    return nn.Sequential(
-        conv(in_ch, width), nn.ReLU(inplace=True),
-        conv(width, width), nn.ReLU(inplace=True),
-        conv(width, width), nn.ReLU(inplace=True),
-        conv(width, latent),
-    )
+def analysis_transform(in_ch: int, widths: Sequence[int], latent: int, gdn: bool = False) -> nn.Sequential:
+    """g_a: image (or pixel residual) -> latent at 1/16 resolution; ``widths`` of the three hidden stages.
+
+    ``gdn`` uses Ballé's GDN (Ballé et al., ICLR 2017) instead of ReLU; the encoder runs in float, so it
+    does not touch the exactness of decoding.
+    """
+    layers: list[nn.Module] = []
+    for cin, cout in zip((in_ch, *widths[:-1]), widths, strict=True):
+        layers += [conv(cin, cout), GDN(cout) if gdn else nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, conv(widths[-1], latent))
 
 
-def synthesis_transform(latent: int, width: int, out_ch: int) -> nn.Sequential:
-    """g_s: latent -> image at 16x the latent resolution (exact arithmetic)."""
-    return nn.Sequential(
-        exact_deconv(latent, width), nn.ReLU(inplace=True),
-        exact_deconv(width, width), nn.ReLU(inplace=True),
-        exact_deconv(width, width), nn.ReLU(inplace=True),
-        exact_deconv(width, out_ch),
-    )
+def synthesis_transform(latent: int, widths: Sequence[int], out_ch: int) -> nn.Sequential:
+    """g_s: latent -> image at 16x the latent resolution (exact arithmetic); ``widths`` from coarse to fine."""
+    layers: list[nn.Module] = []
+    for cin, cout in zip((latent, *widths[:-1]), widths, strict=True):
+        layers += [exact_deconv(cin, cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, exact_deconv(widths[-1], out_ch))
 
 
 def hyper_analysis(latent: int, hyper: int) -> nn.Sequential:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ import torch
 from .models import ChannelARCodec, build_model
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
-LAYER_FILES = {"base": "sa-icm.pt", "pr": "pr-icmh.pt", "fr": "fr-icmh.pt", "single": "single.pt"}
+LAYER_FILES = {
+    "base": "sa-icm.pt", "pr": "pr-icmh.pt", "fr": "fr-icmh.pt", "single": "single.pt",
+    "pr-small": "pr-icmh-small.pt",  # the width-48 PR-ICMH of session 2: 4x cheaper decoder, lower quality
+}
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,37 @@ def prepare(model: ChannelARCodec, architecture: str) -> LoadedModel:
     return LoadedModel(model, architecture, fingerprint(model))
 
 
-def load_model(path: str | Path) -> tuple[ChannelARCodec, dict[str, Any]]:
-    """Load an exported weights file or a training checkpoint (``last.pt``)."""
+def _unpickling_reason(exc: BaseException) -> str:
+    """The specific line of torch's long weights-only message (e.g. the refused global)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Check the documentation")]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """The contents of a weights file or training checkpoint: tensors and plain data only.
+
+    ``torch.load(weights_only=True)`` unpickles nothing but tensors, containers and numbers, so a file that
+    carries pickled objects (which could run code) is refused with a ValueError instead of executed.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path} is not a weights file of plain tensors (refused, nothing executed): "
+                         f"{_unpickling_reason(exc)}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a weights file: it holds a {type(state).__name__}, not a dict")
+    return state
+
+
+def load_model(path: str | Path) -> tuple[ChannelARCodec, dict[str, Any]]:
+    """Load an exported weights file or a training checkpoint (``last.pt``)."""
+    state = load_state(path)
+    if "architecture" not in state:
+        raise ValueError(f"{path} is not a weights file of this codec (no 'architecture')")
     model = build_model(state["architecture"], **state.get("overrides", {}))
     if "state_dict" in state:  # exported
         tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in state["state_dict"].items()}

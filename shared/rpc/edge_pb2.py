@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from shared.rpc import common_pb2 as icmh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12icmh/v1/edge.proto\x12\x07icmh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14icmh/v1/common.proto\"w\n\tCodecInfo\x12\x15\n\rbase_model_id\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61se_weights_hash\x18\x02 \x01(\x0c\x12\x19\n\x11residual_model_id\x18\x03 \x01(\t\x12\x1d\n\x15residual_weights_hash\x18\x04 \x01(\x0c\"\xbf\x01\n\x05Hello\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12!\n\x05\x63odec\x18\x03 \x01(\x0b\x32\x12.icmh.v1.CodecInfo\x12\x13\n\x0b\x66rame_width\x18\x04 \x01(\r\x12\x14\n\x0c\x66rame_height\x18\x05 \x01(\r\x12,\n\rresidual_mode\x18\x06 \x01(\x0e\x32\x15.icmh.v1.ResidualMode\x12\x18\n\x10software_version\x18\x07 \x01(\t\"\x8a\x01\n\nBasePacket\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x30\n\x0c\x63\x61pture_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nbase_layer\x18\x03 \x01(\x0c\x12\x0c\n\x04rate\x18\x04 \x01(\x02\x12\x16\n\x0eresidual_bytes\x18\x05 \x01(\r\"\xc9\x01\n\x10ResidualResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .icmh.v1.ResidualResponse.Status\x12\x16\n\x0eresidual_layer\x18\x04 \x01(\x0c\"E\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x14\n\x10STATUS_NOT_FOUND\x10\x02\"\x8a\x01\n\x0b\x45\x64geMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.icmh.v1.HelloH\x00\x12#\n\x04\x62\x61se\x18\x02 \x01(\x0b\x32\x13.icmh.v1.BasePacketH\x00\x12-\n\x08residual\x18\x03 \x01(\x0b\x32\x19.icmh.v1.ResidualResponseH\x00\x42\x06\n\x04kind\"s\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rlast_frame_id\x18\x02 \x01(\x04\x12\x18\n\x10max_packet_bytes\x18\x03 \x01(\r\x12#\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\"\xae\x01\n\x03\x41\x63k\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.icmh.v1.Ack.Status\x12\x0e\n\x06reason\x18\x03 \x01(\t\"`\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTATUS_ACCEPTED\x10\x01\x12\x14\n\x10STATUS_DUPLICATE\x10\x02\x12\x13\n\x0fSTATUS_REJECTED\x10\x03\"7\n\x0fResidualRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\"\xb5\x01\n\x0c\x43loudMessage\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.icmh.v1.WelcomeH\x00\x12\x1b\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0c.icmh.v1.AckH\x00\x12\x34\n\x10residual_request\x18\x03 \x01(\x0b\x32\x18.icmh.v1.ResidualRequestH\x00\x12%\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x13.icmh.v1.EdgeConfigH\x00\x42\x06\n\x04kind2F\n\x08\x45\x64geLink\x12:\n\x07\x43onnect\x12\x14.icmh.v1.EdgeMessage\x1a\x15.icmh.v1.CloudMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12icmh/v1/edge.proto\x12\x07icmh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14icmh/v1/common.proto\"w\n\tCodecInfo\x12\x15\n\rbase_model_id\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61se_weights_hash\x18\x02 \x01(\x0c\x12\x19\n\x11residual_model_id\x18\x03 \x01(\t\x12\x1d\n\x15residual_weights_hash\x18\x04 \x01(\x0c\"\xbf\x01\n\x05Hello\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12!\n\x05\x63odec\x18\x03 \x01(\x0b\x32\x12.icmh.v1.CodecInfo\x12\x13\n\x0b\x66rame_width\x18\x04 \x01(\r\x12\x14\n\x0c\x66rame_height\x18\x05 \x01(\r\x12,\n\rresidual_mode\x18\x06 \x01(\x0e\x32\x15.icmh.v1.ResidualMode\x12\x18\n\x10software_version\x18\x07 \x01(\t\"\xa7\x01\n\nBasePacket\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x30\n\x0c\x63\x61pture_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nbase_layer\x18\x03 \x01(\x0c\x12\x0c\n\x04rate\x18\x04 \x01(\x02\x12\x16\n\x0eresidual_bytes\x18\x05 \x01(\r\x12\x1b\n\x13residual_on_request\x18\x06 \x01(\x08\"\xc9\x01\n\x10ResidualResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .icmh.v1.ResidualResponse.Status\x12\x16\n\x0eresidual_layer\x18\x04 \x01(\x0c\"E\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x14\n\x10STATUS_NOT_FOUND\x10\x02\"\x8a\x01\n\x0b\x45\x64geMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.icmh.v1.HelloH\x00\x12#\n\x04\x62\x61se\x18\x02 \x01(\x0b\x32\x13.icmh.v1.BasePacketH\x00\x12-\n\x08residual\x18\x03 \x01(\x0b\x32\x19.icmh.v1.ResidualResponseH\x00\x42\x06\n\x04kind\"s\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rlast_frame_id\x18\x02 \x01(\x04\x12\x18\n\x10max_packet_bytes\x18\x03 \x01(\r\x12#\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\"\xae\x01\n\x03\x41\x63k\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.icmh.v1.Ack.Status\x12\x0e\n\x06reason\x18\x03 \x01(\t\"`\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTATUS_ACCEPTED\x10\x01\x12\x14\n\x10STATUS_DUPLICATE\x10\x02\x12\x13\n\x0fSTATUS_REJECTED\x10\x03\"I\n\x0fResidualRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\x10\n\x08lossless\x18\x03 \x01(\x08\"\xb5\x01\n\x0c\x43loudMessage\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.icmh.v1.WelcomeH\x00\x12\x1b\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0c.icmh.v1.AckH\x00\x12\x34\n\x10residual_request\x18\x03 \x01(\x0b\x32\x18.icmh.v1.ResidualRequestH\x00\x12%\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x13.icmh.v1.EdgeConfigH\x00\x42\x06\n\x04kind2F\n\x08\x45\x64geLink\x12:\n\x07\x43onnect\x12\x14.icmh.v1.EdgeMessage\x1a\x15.icmh.v1.CloudMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=208
   _globals['_HELLO']._serialized_end=399
   _globals['_BASEPACKET']._serialized_start=402
-  _globals['_BASEPACKET']._serialized_end=540
-  _globals['_RESIDUALRESPONSE']._serialized_start=543
-  _globals['_RESIDUALRESPONSE']._serialized_end=744
-  _globals['_RESIDUALRESPONSE_STATUS']._serialized_start=675
-  _globals['_RESIDUALRESPONSE_STATUS']._serialized_end=744
-  _globals['_EDGEMESSAGE']._serialized_start=747
-  _globals['_EDGEMESSAGE']._serialized_end=885
-  _globals['_WELCOME']._serialized_start=887
-  _globals['_WELCOME']._serialized_end=1002
-  _globals['_ACK']._serialized_start=1005
-  _globals['_ACK']._serialized_end=1179
-  _globals['_ACK_STATUS']._serialized_start=1083
-  _globals['_ACK_STATUS']._serialized_end=1179
-  _globals['_RESIDUALREQUEST']._serialized_start=1181
-  _globals['_RESIDUALREQUEST']._serialized_end=1236
-  _globals['_CLOUDMESSAGE']._serialized_start=1239
-  _globals['_CLOUDMESSAGE']._serialized_end=1420
-  _globals['_EDGELINK']._serialized_start=1422
-  _globals['_EDGELINK']._serialized_end=1492
+  _globals['_BASEPACKET']._serialized_end=569
+  _globals['_RESIDUALRESPONSE']._serialized_start=572
+  _globals['_RESIDUALRESPONSE']._serialized_end=773
+  _globals['_RESIDUALRESPONSE_STATUS']._serialized_start=704
+  _globals['_RESIDUALRESPONSE_STATUS']._serialized_end=773
+  _globals['_EDGEMESSAGE']._serialized_start=776
+  _globals['_EDGEMESSAGE']._serialized_end=914
+  _globals['_WELCOME']._serialized_start=916
+  _globals['_WELCOME']._serialized_end=1031
+  _globals['_ACK']._serialized_start=1034
+  _globals['_ACK']._serialized_end=1208
+  _globals['_ACK_STATUS']._serialized_start=1112
+  _globals['_ACK_STATUS']._serialized_end=1208
+  _globals['_RESIDUALREQUEST']._serialized_start=1210
+  _globals['_RESIDUALREQUEST']._serialized_end=1283
+  _globals['_CLOUDMESSAGE']._serialized_start=1286
+  _globals['_CLOUDMESSAGE']._serialized_end=1467
+  _globals['_EDGELINK']._serialized_start=1469
+  _globals['_EDGELINK']._serialized_end=1539
 # @@protoc_insertion_point(module_scope)

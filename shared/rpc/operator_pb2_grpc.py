@@ -54,6 +54,11 @@ class OperatorStub:
                 request_serializer=icmh_dot_v1_dot_operator__pb2.ConfigureCameraRequest.SerializeToString,
                 response_deserializer=icmh_dot_v1_dot_operator__pb2.ConfigureCameraResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/icmh.v1.Operator/ListAudit',
+                request_serializer=icmh_dot_v1_dot_operator__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=icmh_dot_v1_dot_operator__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServicer:
@@ -89,6 +94,13 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """Admin: the audit log of HUMAN and ORIGINAL inspections (allowed and refused), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.ConfigureCamera,
                     request_deserializer=icmh_dot_v1_dot_operator__pb2.ConfigureCameraRequest.FromString,
                     response_serializer=icmh_dot_v1_dot_operator__pb2.ConfigureCameraResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=icmh_dot_v1_dot_operator__pb2.ListAuditRequest.FromString,
+                    response_serializer=icmh_dot_v1_dot_operator__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +238,33 @@ class Operator:
             '/icmh.v1.Operator/ConfigureCamera',
             icmh_dot_v1_dot_operator__pb2.ConfigureCameraRequest.SerializeToString,
             icmh_dot_v1_dot_operator__pb2.ConfigureCameraResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icmh.v1.Operator/ListAudit',
+            icmh_dot_v1_dot_operator__pb2.ListAuditRequest.SerializeToString,
+            icmh_dot_v1_dot_operator__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

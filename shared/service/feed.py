@@ -10,7 +10,7 @@ import grpc
 
 from shared.rpc import common_pb2, detections_pb2, detections_pb2_grpc
 
-from .grpc_setup import channel_options
+from .grpc_setup import channel_options, with_token
 from .local import LOOPBACK
 
 
@@ -18,13 +18,14 @@ class DetectionFeed:
     """Results of the cloud on ``host:port`` (filtered by camera and class) as they are published.
 
     ``results[i]`` arrived at ``arrivals_ns[i]`` (this machine's wall clock, ns since the epoch);
-    ``on_result`` is called for each in the reading thread.
+    ``on_result`` is called for each in the reading thread; ``token``: the operator token to subscribe with.
     """
 
     def __init__(self, port: int, camera_ids: Sequence[str] = (), class_names: Sequence[str] = (),
                  host: str = LOOPBACK,
-                 on_result: Callable[[common_pb2.DetectionResult], None] | None = None) -> None:
-        self.channel = grpc.insecure_channel(f"{host}:{port}", options=channel_options())
+                 on_result: Callable[[common_pb2.DetectionResult], None] | None = None,
+                 token: str | None = None) -> None:
+        self.channel = with_token(grpc.insecure_channel(f"{host}:{port}", options=channel_options()), token)
         request = detections_pb2.SubscribeRequest(camera_ids=list(camera_ids), class_names=list(class_names))
         self.call = detections_pb2_grpc.DetectionsStub(self.channel).Subscribe(request)
         self.results: list[common_pb2.DetectionResult] = []

@@ -1,8 +1,10 @@
-"""gRPC channel and server options (message sizes, keepalive) and TLS credentials."""
+"""gRPC channel and server options (message sizes, keepalive), TLS credentials and operator bearer tokens."""
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -60,17 +62,57 @@ def server_credentials(cert: str | Path, key: str | Path,
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata of an operator token (``authorization: Bearer TOKEN``); empty without a token."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", "method timeout metadata credentials wait_for_ready "
+                                                          "compression"), grpc.ClientCallDetails):
+    pass
+
+
+class _AddMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds fixed metadata to every call of a channel."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def _details(self, d: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(d.method, d.timeout, (*(d.metadata or ()), *self.metadata), d.credentials,
+                            d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    intercept_unary_stream = intercept_unary_unary
+
+    def intercept_stream_unary(self, continuation: Any, details: grpc.ClientCallDetails, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    intercept_stream_stream = intercept_stream_unary
+
+
+def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
+    """``channel`` sending ``token`` as ``authorization: Bearer TOKEN`` with every call (unchanged without one)."""
+    return grpc.intercept_channel(channel, _AddMetadata(bearer_metadata(token))) if token else channel
+
+
 def open_channel(target: str, *, ca: str | Path | None = None, cert: str | Path | None = None,
                  key: str | Path | None = None, server_name: str | None = None,
-                 max_send_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """Insecure channel, or TLS when ``ca`` is given (``cert`` + ``key``: client certificate for mutual TLS)."""
+                 max_send_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, token: str | None = None) -> grpc.Channel:
+    """Insecure channel, or TLS when ``ca`` is given (``cert`` + ``key``: client certificate for mutual TLS);
+    ``token``: operator token sent with every call. A server name override needs TLS."""
     if (cert is None) != (key is None):
         raise ValueError("a client certificate needs both --tls-cert and --tls-key")
     options = channel_options(max_send_bytes=max_send_bytes, server_name=server_name)
     if ca is None and cert is None:
-        return grpc.insecure_channel(target, options=options)
+        if server_name:
+            raise ValueError("--tls-server-name needs TLS (--tls-ca)")
+        return with_token(grpc.insecure_channel(target, options=options), token)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(ca, "TLS CA"), private_key=_read(key, "TLS key"),
         certificate_chain=_read(cert, "TLS certificate"),
     )
-    return grpc.secure_channel(target, credentials, options=options)
+    return with_token(grpc.secure_channel(target, credentials, options=options), token)

@@ -13,18 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench.datasets import iter_video_frames, read_rgb
-
-EVALUATION_ONLY = ("kodak", "road_traffic4/val", "coco128")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def check_training_path(path: Path) -> None:
-    """Raise if ``path`` lies in a set that is for evaluation only."""
-    text = path.as_posix()
-    for name in EVALUATION_ONLY:
-        if f"/{name}/" in text + "/" or text.endswith(name):
-            raise ValueError(f"{path} is an evaluation set ({name}); never train on it")
+from ..media import iter_video_frames, read_rgb
+from ..splits import check_training_path, is_road_traffic4_selection, video_frames
 
 
 def read_yolo_boxes(label_path: Path, height: int, width: int) -> np.ndarray:
@@ -57,15 +47,6 @@ class TrainingSet:
         return len(self.samples)
 
 
-DETECTION_MONITOR_EVERY = 15  # every 15th road_traffic4/train image is kept out of training ...
-VIDEO_MONITOR_TAIL = 0.15  # ... and so is the last 15 % of each traffic video
-VIDEO_MONITOR_STRIDE = 12
-
-
-def _is_detection_monitor(index: int) -> bool:
-    return index % DETECTION_MONITOR_EVERY == DETECTION_MONITOR_EVERY - 1
-
-
 def load_training_set(shared_dir: Path, video_stride: int = 4, held_out: bool = False) -> TrainingSet:
     """Load the training images (or, with ``held_out``, the bsds500/val monitoring images).
 
@@ -85,30 +66,29 @@ def load_training_set(shared_dir: Path, video_stride: int = 4, held_out: bool = 
     rt4 = data / "road_traffic4" / "train"
     for index, path in enumerate(sorted((rt4 / "images").glob("*.jpg"))):
         check_training_path(path)
-        if _is_detection_monitor(index):
+        if is_road_traffic4_selection(index):
             continue
         image = read_rgb(path)
         boxes = read_yolo_boxes(rt4 / "labels" / (path.stem + ".txt"), *image.shape[:2])
         out.samples.append(Sample(f"road_traffic4/train/{path.name}", image, boxes))
     for video in sorted((data / "traffic").glob("*.mp4")):
         frames = list(iter_video_frames(video))
-        train_end = int(len(frames) * (1 - VIDEO_MONITOR_TAIL))
-        for index in range(0, train_end, video_stride):
+        for index in video_frames(len(frames), "train", video_stride):
             out.samples.append(Sample(f"traffic/{video.name}#{index}", frames[index]))
     return out
 
 
 def load_detection_monitor_set(shared_dir: Path) -> TrainingSet:
-    """Training-set images never trained on, to select checkpoints by detector accuracy: every
-    15th road_traffic4/train image and frames from the last 15 % of each traffic video."""
+    """Training-set images never trained on, to select checkpoints by detector accuracy: the selection
+    part of shared/splits.py (every 15th road_traffic4/train image, the selection frames of each video)."""
     data = shared_dir / "data"
     out = TrainingSet()
     for index, path in enumerate(sorted((data / "road_traffic4" / "train" / "images").glob("*.jpg"))):
-        if _is_detection_monitor(index):
+        if is_road_traffic4_selection(index):
             out.samples.append(Sample(f"road_traffic4/train/{path.name}", read_rgb(path)))
     for video in sorted((data / "traffic").glob("*.mp4")):
         frames = list(iter_video_frames(video))
-        for index in range(int(len(frames) * (1 - VIDEO_MONITOR_TAIL)), len(frames), VIDEO_MONITOR_STRIDE):
+        for index in video_frames(len(frames), "selection"):
             out.samples.append(Sample(f"traffic/{video.name}#{index}", frames[index]))
     return out
 

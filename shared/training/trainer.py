@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from torch import Tensor
 from ..codec.exact import exact_arithmetic
 from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model
 from ..codec.rate import RATE_STEPS, lambda_for_index
-from ..codec.weights import LoadedModel, load_layer, prepare
+from ..codec.weights import LoadedModel, load_layer, load_state, prepare
 from .data import CropSampler, load_detection_monitor_set, load_training_set
 from .detector_features import DetectorFeatureLoss
 from .masks import cached_masks
@@ -65,7 +65,6 @@ class TrainConfig:
     init_from: Path | None = None  # warm start (matching parameters only)
     background_weight: float = 0.0  # base: weight of the squared error outside the mask (0: SA-ICM as published)
     feature_weight: float = 0.0  # base: weight of the detector-feature distance (0: SA-ICM as published)
-    extra: dict = field(default_factory=dict)
 
     def lambdas(self) -> tuple[float, float]:
         lo, hi = DEFAULT_LAMBDAS[self.kind]
@@ -124,7 +123,7 @@ class Trainer:
 
     # -- persistence ---------------------------------------------------------------------
     def _resume(self) -> None:
-        state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        state = load_state(self.ckpt)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.aux_opt.load_state_dict(state["aux_optimizer"])
@@ -132,7 +131,7 @@ class Trainer:
         print(f"resumed {self.ckpt} at step {self.step} ({self.elapsed / 60:.1f} min trained)")
 
     def _warm_start(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_state(path)  # --init-from: a user-supplied file, tensors only
         source = state.get("model", state)
         own = self.model.state_dict()
         taken = {}
