@@ -7,6 +7,7 @@ both services down with SIGTERM. Run from the repository root::
     python deploy/demo.py                      # shipped weights, ../shared video and detector
     python deploy/demo.py --weights runs/export --frames 30 --out demo-out
     python deploy/demo.py --random-weights     # no trained weights yet: tiny random codecs
+    python deploy/demo.py --web --keep-running # + the operator web view; runs until Ctrl-C
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import secrets
 import sys
 import tempfile
@@ -55,6 +57,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the PNGs")
     p.add_argument("--workdir", type=Path, help="data and logs of both services (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per service")
+    p.add_argument("--web", action="store_true", help="also start the operator web view (icmh-web) on loopback")
+    p.add_argument("--web-port", type=int, default=8080, help="port of the web view (0: a free one)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="after the inspection, keep streaming (the video loops) until Ctrl-C or SIGTERM")
     return p.parse_args()
 
 
@@ -109,6 +115,32 @@ def operators_file(workdir: Path) -> Path:
     return path
 
 
+def start_web(services: LocalServices, port: int, web_port: int) -> str:
+    """``icmh-web`` in front of the cloud on ``port``; returns its address once it serves."""
+    ready = services.workdir / "web.port"
+    ready.unlink(missing_ok=True)
+    services.launch("web", "cloud_server.web", ["--cloud", f"{LOOPBACK}:{port}", "--listen",
+                                                f"{LOOPBACK}:{web_port}", "--ready-file", str(ready)])
+    services.wait_for(lambda: ready.exists() and ready.read_text().endswith("\n"), 60, "the web view to serve")
+    return f"http://{LOOPBACK}:{int(ready.read_text())}/"
+
+
+def announce_web(url: str) -> None:
+    print(f"\ndemo: operator web view at {url}\n      log in with the operator token {OPERATOR_TOKEN}"
+          f"  ({OPERATOR}, role inspector: machine and human quality; rates need an admin token)", flush=True)
+
+
+def keep_running(services: LocalServices, url: str | None) -> None:
+    """Serve until Ctrl-C (SIGTERM ends the demo the same way, through LocalServices)."""
+    if url:
+        announce_web(url)
+    print("demo: still streaming; Ctrl-C stops the demo", flush=True)
+    try:
+        services.wait_for(lambda: False, math.inf, "Ctrl-C", poll=1.0)
+    except KeyboardInterrupt:
+        print("\ndemo: stopping")
+
+
 def main() -> int:
     args = parse_args()
     for path, what in ((args.video, "video"), (args.detector, "detector")):
@@ -124,16 +156,21 @@ def main() -> int:
             _, port = services.start_cloud({CAMERA: TOKEN}, weights, args.detector, threads=args.threads,
                                            detections_jsonl=workdir / "detections.jsonl",
                                            extra=["--operators-file", str(operators_file(workdir))])
+            url = start_web(services, port, args.web_port) if args.web else None
+            if url:
+                announce_web(url)
             feed = DetectionFeed(port, on_result=lambda result: print(format_result(result), flush=True),
                                  token=OPERATOR_TOKEN)
             print(f"demo: starting the edge node (log: {workdir / f'edge-{CAMERA}.log'})")
+            length = ["--loop"] if args.keep_running else ["--max-frames", str(args.frames)]
             services.start_edge(CAMERA, TOKEN, port, args.video, weights, threads=args.threads, extra=[
-                "--max-frames", str(args.frames), "--fps", str(args.fps), "--width", str(args.width),
-                "--height", str(args.height)])
+                *length, "--fps", str(args.fps), "--width", str(args.width), "--height", str(args.height)])
             services.wait_for(lambda: len(feed.results) >= args.frames, 60 + 10 * args.frames,
                               f"{args.frames} detection results")
             inspect(args, port)
             feed.close()
+            if args.keep_running:
+                keep_running(services, url)
     except (ServiceError, TimeoutError) as exc:
         sys.exit(f"demo: {exc}")
     finally:
