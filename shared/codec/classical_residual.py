@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, features
 
 from .bitstream import DIGEST_BYTES, BitstreamError
+from .pillow_image import decode_rgb
 from .rate import RATE_STEPS
 
 OFFSET = 128
@@ -63,13 +64,4 @@ def decode(data: bytes, height: int, width: int) -> np.ndarray:
     """Offset residual image from an AVIF file; BitstreamError if it is not a valid AVIF of that size."""
     if not available():
         raise BitstreamError("this decoder has no AVIF support (install Pillow >= 11)")
-    try:
-        with Image.open(io.BytesIO(data), formats=["AVIF"]) as img:
-            if img.size != (width, height):
-                raise BitstreamError(f"AVIF residual is {img.size[0]}x{img.size[1]}, the frame {width}x{height}")
-            pixels = np.array(img.convert("RGB"))  # writable: torch.from_numpy takes it
-    except BitstreamError:
-        raise
-    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError... on corrupt files
-        raise BitstreamError(f"AVIF residual does not decode: {exc}") from None
-    return pixels
+    return decode_rgb(data, "AVIF", height, width, "AVIF residual")

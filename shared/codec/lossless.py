@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .bitstream import DIGEST_BYTES, BitstreamError, LayerKind, unpack
+from .pillow_image import decode_rgb
 
 FRAME = "webp-ll-frame"
 RESIDUAL = "webp-ll-residual"
@@ -50,16 +51,7 @@ def webp_lossless(image: np.ndarray, effort: str = "small") -> bytes:
 
 def read_webp(data: bytes, height: int, width: int) -> np.ndarray:
     """RGB pixels of a WebP file of the given size; BitstreamError otherwise."""
-    try:
-        with Image.open(io.BytesIO(data), formats=["WEBP"]) as img:
-            if img.size != (width, height):
-                raise BitstreamError(f"WebP payload is {img.size[0]}x{img.size[1]}, the frame {width}x{height}")
-            pixels = np.array(img.convert("RGB"))  # writable: torch.from_numpy takes it
-    except BitstreamError:
-        raise
-    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError... on corrupt files
-        raise BitstreamError(f"WebP payload does not decode: {exc}") from None
-    return pixels
+    return decode_rgb(data, "WEBP", height, width, "WebP payload")
 
 
 def wrap_residual(image: np.ndarray, approx: np.ndarray) -> np.ndarray:
