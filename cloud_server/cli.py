@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -46,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     out = p.add_argument_group("outputs and storage")
     out.add_argument("--detections-jsonl", type=Path, help="append every detection result to this JSON Lines file")
+    out.add_argument("--publish", action="append", default=os.environ.get("ICMH_PUBLISH", "").split(),
+                     metavar="URL",
+                     help="also publish every result to a broker (repeatable; added to $ICMH_PUBLISH): "
+                          "mqtt://host:1883/topic/prefix (QoS 1, per-camera topics) or nats://host:4222/subject "
+                          "(JetStream, de-duplicated by message id)")
+    out.add_argument("--publish-timeout", type=float, default=10.0,
+                     help="seconds to wait for a broker's acknowledgement before the batch is retried")
+    out.add_argument("--index", default=os.environ.get("ICMH_INDEX") or None, metavar="URL",
+                     help="frame index: postgresql://user@host/db (needs the fleet extra) or sqlite:///path "
+                          "(default $ICMH_INDEX, else DATA_DIR/frames.db)")
+    out.add_argument("--index-pool-size", type=int, default=8, help="PostgreSQL connections of the index")
     out.add_argument("--retention-days", type=float, default=7.0, help="keep frames this long (0: forever)")
     out.add_argument("--retention-gb", type=float, default=10.0, help="base-layer bytes kept at most (0: no limit)")
     out.add_argument("--cache-frames", type=int, default=64, help="decoded frames kept for repeated inspection")
@@ -85,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             reflection=args.reflection, audit_retention_s=args.audit_retention_days * 86400,
             detector=args.detector, listen=args.listen, weights=args.weights, detector_imgsz=args.detector_imgsz,
             detector_confidence=args.detector_conf, max_batch=args.max_batch, detections_jsonl=args.detections_jsonl,
+            index=args.index, index_pool_size=args.index_pool_size, publish=tuple(args.publish),
+            publish_timeout_s=args.publish_timeout,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
             max_message_bytes=int(args.max_message_mb * MIB), max_packet_bytes=int(args.max_packet_mb * MIB),
             residual_timeout_s=args.residual_timeout, retention_age_s=args.retention_days * 86400,

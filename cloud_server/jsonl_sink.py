@@ -1,8 +1,8 @@
 """Detection results appended to a JSON Lines file, each (camera, frame) exactly once.
 
-Writes are flushed and fsynced before the frame index marks the results published.
-After a crash between the two, :meth:`JsonlSink.reconcile` finds which of the
-unpublished results already reached the file (they can only be among its last lines)
+Writes are flushed and fsynced before the frame index advances the file's delivery cursor.
+After a crash between the two (or a failed write), :meth:`JsonlSink.reconcile` finds which of
+the results still due already reached the file (they can only be among its last lines)
 and writes the others; a torn last line is cut off first.
 """
 
@@ -12,12 +12,16 @@ import json
 import os
 from pathlib import Path
 
+from .publishers.base import Publisher
 from .results import FrameResult
 
-TAIL_BYTES = 4 * 1024 * 1024  # unpublished results are at most one detector batch: far less than this
+TAIL_BYTES = 4 * 1024 * 1024  # results in doubt are at most one delivery batch (64): far less than this
 
 
-class JsonlSink:
+class JsonlSink(Publisher):
+    name = "jsonl"  # one file per server: its cursor keeps this name when the path changes
+    inline = True  # written by the detector thread, before live subscribers get the results
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +47,12 @@ class JsonlSink:
         self._file.write("".join(json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in results))
         self._file.flush()
         os.fsync(self._file.fileno())
+
+    def publish(self, results: list[FrameResult], recovering: bool = False) -> int:
+        if not recovering:
+            self.write(results)
+            return 0
+        return len(results) - len(self.reconcile(results))
 
     def written_keys(self) -> set[tuple[str, int]]:
         """(camera, frame) keys among the last lines of the file."""

@@ -40,3 +40,20 @@ class CloudMetrics:
         self.auth_refusals = Counter("icmh_cloud_auth_refusals", "Operator-facing calls refused by access control",
                                      ["code"], registry=r)
         self.audit_records = Gauge("icmh_cloud_audit_records", "Rows in the inspection audit log", registry=r)
+        # publication to the sinks (JSON Lines, MQTT, NATS): one cursor per sink in the frame index
+        self.sink_up = Gauge("icmh_cloud_sink_up", "1 while a sink takes results, 0 during an outage", ["sink"],
+                             registry=r)
+        self.sink_pending = Gauge("icmh_cloud_sink_pending", "Results due to a sink, not yet delivered", ["sink"],
+                                  registry=r)
+        self.sink_outages = Counter("icmh_cloud_sink_outages", "Outages of a sink (results held back)", ["sink"],
+                                    registry=r)
+        self.sink_outage_seconds = Counter("icmh_cloud_sink_outage_seconds", "Time sinks spent in outages",
+                                           ["sink"], registry=r)
+        self.published = Counter("icmh_cloud_published", "Results delivered to a sink", ["sink"], registry=r)
+        self.publish_duplicates = Counter("icmh_cloud_publish_duplicates",
+                                          "Results re-sent after a restart or failure that the sink already had "
+                                          "(not stored twice)", ["sink"], registry=r)
+        self.publish_failures = Counter("icmh_cloud_publish_failures", "Failed delivery attempts", ["sink"],
+                                        registry=r)
+        self.publish_seconds = Histogram("icmh_cloud_publish_seconds", "Delivery of one batch to a sink", ["sink"],
+                                         buckets=LATENCY_BUCKETS, registry=r)

@@ -1,11 +1,13 @@
 """The detector loop: machine images of received frames -> YOLO in batches across cameras -> results
-stored, then written to the sinks, each frame exactly once (the frame index is the work queue)."""
+stored, then delivered to the sinks, each frame exactly once per sink (the frame index is the work queue
+and holds each sink's cursor, :mod:`cloud_server.publishers.delivery`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -14,8 +16,9 @@ from shared.codec.bitstream import BitstreamError
 from .codecs import CloudCodecs
 from .detector import YoloDetector
 from .frame_index import FrameIndex, FrameRecord
-from .jsonl_sink import JsonlSink
 from .metrics import CloudMetrics
+from .publishers.base import Publisher
+from .publishers.delivery import CameraStatus, Delivery
 from .results import Detection, FrameResult
 from .subscribers import SubscriberHub
 
@@ -24,11 +27,14 @@ log = logging.getLogger("icmh.cloud.pipeline")
 
 class DetectionPipeline:
     def __init__(self, index: FrameIndex, codecs: CloudCodecs, detector: YoloDetector, hub: SubscriberHub,
-                 sink: JsonlSink | None, metrics: CloudMetrics, max_batch: int = 8) -> None:
+                 sinks: Publisher | Sequence[Publisher] | None, metrics: CloudMetrics, max_batch: int = 8,
+                 camera_status: CameraStatus | None = None) -> None:
         if max_batch < 1:
             raise ValueError("the detector batch must hold at least one frame")
-        self.index, self.codecs, self.detector, self.hub, self.sink = index, codecs, detector, hub, sink
+        self.index, self.codecs, self.detector, self.hub = index, codecs, detector, hub
         self.metrics, self.max_batch = metrics, max_batch
+        publishers = [] if sinks is None else [sinks] if isinstance(sinks, Publisher) else list(sinks)
+        self.delivery = Delivery(index, publishers, metrics, camera_status)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -38,15 +44,17 @@ class DetectionPipeline:
         self._wake.set()
 
     def start(self) -> None:
+        self.delivery.start()
         self._thread = threading.Thread(target=self._run, name="cloud-detector", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch in progress, then stop."""
+        """Finish the batch in progress, try once more to deliver what is due, then stop."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.delivery.stop(timeout)
 
     def _run(self) -> None:
         self.publish_unpublished()
@@ -64,16 +72,17 @@ class DetectionPipeline:
             self._wake.clear()
 
     def publish_unpublished(self) -> None:
-        """After a crash: write results that were stored but may not have reached the sinks."""
-        results = self.index.unpublished()
-        if not results:
-            return
-        written = self.sink.reconcile(results) if self.sink else []
-        self.index.mark_published([r.key for r in results])
-        log.info("recovered %d stored results (%d were missing from the JSONL sink)", len(results), len(written))
+        """After a crash: deliver results that were stored but may not have reached every sink."""
+        backlog = {sink: n for sink, n in self.index.backlog().items() if n}
+        if backlog:
+            log.info("results due from before the restart: %s",
+                     ", ".join(f"{n} to {sink}" for sink, n in backlog.items()))
+        self.delivery.deliver_inline()
+        self.delivery.wake()
 
     def process(self, batch: list[tuple[FrameRecord, bytes]]) -> list[FrameResult]:
-        """Decode, detect, store, write, publish one batch; returns its results in batch order."""
+        """Decode, detect, store, deliver (inline sinks now, the others by their workers), publish live one
+        batch; returns its results in batch order."""
         decoded: list[tuple[FrameRecord, np.ndarray]] = []
         failed: dict[tuple[str, int], str] = {}
         for record, base in batch:
@@ -94,9 +103,8 @@ class DetectionPipeline:
             for r, _ in batch
         ]
         self.index.record_results(results)
-        if self.sink is not None:
-            self.sink.write(results)
-        self.index.mark_published([r.key for r in results])
+        self.delivery.deliver_inline()
+        self.delivery.wake()
         self.hub.publish(results)
         for r in results:
             self.metrics.end_to_end_seconds.labels(r.camera_id).observe(max(0.0, (now - r.capture_ns) / 1e9))

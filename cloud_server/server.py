@@ -30,6 +30,7 @@ from .jsonl_sink import JsonlSink
 from .metrics import CloudMetrics
 from .operator_service import OperatorService
 from .pipeline import DetectionPipeline
+from .publishers import Publisher, open_publisher
 from .subscribers import SubscriberHub
 
 log = logging.getLogger("icmh.cloud")
@@ -54,7 +55,7 @@ def is_loopback(listen: str) -> bool:
 @dataclass
 class CloudSettings:
     cameras: CameraRegistry
-    data_dir: Path  # frames.db: the frame index
+    data_dir: Path  # frames.db: the frame index (unless ``index`` says otherwise), audit.db
     detector: Path  # YOLO checkpoint
     listen: str = "127.0.0.1:50051"  # all interfaces only when asked: operators need credentials there
     operators: OperatorRegistry = field(default_factory=OperatorRegistry)
@@ -67,6 +68,10 @@ class CloudSettings:
     detector_confidence: float = 0.25
     max_batch: int = 8
     detections_jsonl: Path | None = None
+    index: str | None = None  # postgresql://... or sqlite:///path; None: data_dir/frames.db
+    index_pool_size: int = 8  # PostgreSQL connections
+    publish: tuple[str, ...] = ()  # broker outputs: mqtt://host:1883/prefix, nats://host:4222/subject
+    publish_timeout_s: float = 10.0  # a broker's acknowledgement, else the batch waits and is retried
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # require client certificates signed by it (mutual TLS)
@@ -105,13 +110,21 @@ class CloudServer:
         self.metrics = CloudMetrics()
         self.codecs = codecs or CloudCodecs(s.weights)
         self.detector = detector or YoloDetector(s.detector, s.detector_imgsz, s.detector_confidence)
-        self.index = FrameIndex(s.data_dir / "frames.db")
+        self.publishers: list[Publisher] = []
+        try:  # a bad output URL or an unreachable index: nothing left connected
+            self.publishers.extend(open_publisher(url, s.publish_timeout_s) for url in s.publish)
+            self.index = FrameIndex(s.index or s.data_dir / "frames.db", s.index_pool_size)
+        except BaseException:
+            for publisher in self.publishers:
+                publisher.close()
+            raise
         self.audit = AuditLog(s.data_dir / "audit.db")
         self.sink = JsonlSink(s.detections_jsonl) if s.detections_jsonl else None
         self.hub = SubscriberHub()
         self.sessions = EdgeSessions()
-        self.pipeline = DetectionPipeline(self.index, self.codecs, self.detector, self.hub, self.sink, self.metrics,
-                                          s.max_batch)
+        self.pipeline = DetectionPipeline(self.index, self.codecs, self.detector, self.hub,
+                                          [*([self.sink] if self.sink else []), *self.publishers], self.metrics,
+                                          s.max_batch, camera_status=self.camera_status)
         self.health = health.HealthServicer()
         self.port = 0
         self._server: grpc.Server | None = None
@@ -119,6 +132,10 @@ class CloudServer:
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._build_server()
+
+    def camera_status(self) -> dict[str, bool]:
+        """Every allowed camera: whether its edge has a stream open to this server."""
+        return {camera_id: self.sessions.get(camera_id) is not None for camera_id in self.settings.cameras.ids()}
 
     def _build_server(self) -> None:
         s = self.settings
@@ -166,6 +183,8 @@ class CloudServer:
         s = self.settings
         log.info("serving on port %d (%s), cameras: %s", self.port, "TLS" if s.tls_cert else "plaintext",
                  ", ".join(s.cameras.ids()))
+        log.info("frame index %s (schema %d); outputs: %s", self.index.description, self.index.schema_version(),
+                 ", ".join(self.index.sinks) or "live subscribers only")
         if s.open_operator_access:
             log.warning("OPEN OPERATOR ACCESS: every Operator / Detections call is allowed without credentials")
         elif len(s.operators):
@@ -190,6 +209,8 @@ class CloudServer:
                 self.metrics.index_frames.set(frames)
                 self.metrics.index_bytes.set(size)
                 self.metrics.pending_frames.set(waiting)
+                for sink, due in self.index.backlog().items():
+                    self.metrics.sink_pending.labels(sink).set(due)
             except Exception:
                 log.exception("index maintenance failed")
                 self.metrics.errors.labels("maintenance").inc()
@@ -209,8 +230,7 @@ class CloudServer:
             self._maintenance.join()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
-        if self.sink is not None:
-            self.sink.close()
+        self.pipeline.delivery.close()
         self.index.close()
         self.audit.close()
         log.info("stopped")
