@@ -18,8 +18,9 @@ import grpc
 
 from shared.codec.bitstream import MAX_SIDE, BitstreamError
 from shared.codec.rate import RATE_STEPS
-from shared.rpc import common_pb2, edge_pb2, edge_pb2_grpc
+from shared.rpc import edge_pb2, edge_pb2_grpc
 from shared.service.edge_config import config_to_proto
+from shared.service.residual_modes import MODE_OF_PROTO
 from shared.service.timestamps import from_timestamp
 
 from .auth import AuthError, CameraRegistry
@@ -29,8 +30,6 @@ from .frame_index import Admission, FrameIndex
 from .metrics import CloudMetrics
 
 log = logging.getLogger("icmh.cloud.edges")
-MODE_NAMES = {common_pb2.RESIDUAL_MODE_PR: "pr", common_pb2.RESIDUAL_MODE_FR: "fr",
-              common_pb2.RESIDUAL_MODE_AVIF: "avif"}
 Ack = edge_pb2.Ack
 
 
@@ -69,7 +68,7 @@ class EdgeLinkService(edge_pb2_grpc.EdgeLinkServicer):
             entry = self.registry.authenticate(hello.camera_id, hello.token)
         except AuthError as exc:
             self._refuse(context, exc.code, str(exc), kind="auth")
-        mode = MODE_NAMES.get(hello.residual_mode)
+        mode = MODE_OF_PROTO.get(hello.residual_mode)
         if mode is None:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "Hello has no residual mode")
         if not (1 <= hello.frame_width <= MAX_SIDE and 1 <= hello.frame_height <= MAX_SIDE):

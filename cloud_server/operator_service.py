@@ -15,6 +15,7 @@ from shared.codec.bitstream import BitstreamError
 from shared.rpc import common_pb2, operator_pb2, operator_pb2_grpc
 from shared.service.edge_config import config_from_proto, config_to_proto
 from shared.service.images import encode_png
+from shared.service.residual_modes import PROTO_OF_MODE
 from shared.service.timestamps import to_timestamp
 
 from .access import OperatorAccess
@@ -26,7 +27,6 @@ from .frame_index import FrameIndex, FrameRecord
 from .metrics import CloudMetrics
 
 log = logging.getLogger("icmh.cloud.operator")
-MODES = {"pr": common_pb2.RESIDUAL_MODE_PR, "fr": common_pb2.RESIDUAL_MODE_FR, "avif": common_pb2.RESIDUAL_MODE_AVIF}
 Quality = operator_pb2.Quality
 MAX_LIST = 10_000
 
@@ -112,7 +112,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             if record is not None:
                 info.last_frame_id, info.frames_stored = record.last_frame_id, record.frames_stored
                 info.width, info.height = record.width, record.height
-                info.residual_mode = MODES.get(record.residual_mode, common_pb2.RESIDUAL_MODE_UNSPECIFIED)
+                info.residual_mode = PROTO_OF_MODE.get(record.residual_mode, common_pb2.RESIDUAL_MODE_UNSPECIFIED)
                 if record.last_capture_ns:
                     info.last_capture_time.CopyFrom(to_timestamp(record.last_capture_ns))
             cameras.append(info)

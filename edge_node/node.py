@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.codec.api import ScalableCodec
-from shared.rpc import common_pb2, edge_pb2
+from shared.rpc import edge_pb2
 from shared.service.process import MetricsEndpoint
+from shared.service.residual_modes import PROTO_OF_MODE
 
 from .capture import CaptureLoop
 from .layers import InspectionLayers
@@ -22,8 +23,6 @@ from .store import EdgeStore, StoreLimits
 
 log = logging.getLogger("icmh.edge")
 VERSION = "icmh-edge/0.1.0"
-RESIDUAL_MODES = {"pr": common_pb2.RESIDUAL_MODE_PR, "fr": common_pb2.RESIDUAL_MODE_FR,
-                  "avif": common_pb2.RESIDUAL_MODE_AVIF}
 
 
 @dataclass
@@ -50,12 +49,10 @@ class EdgeSettings:
 
 def make_hello(camera_id: str, token: str, codec: ScalableCodec, width: int, height: int) -> edge_pb2.Hello:
     """The first message of a stream: who this edge is and how it codes."""
-    if codec.mode != "avif" and codec.residual is None:
-        raise ValueError("the edge codec needs a residual model")
-    residual_model_id, residual_weights_hash = codec.residual_identity
+    residual_model_id, residual_weights_hash = codec.residual_identity  # ValueError without a residual model
     return edge_pb2.Hello(
         camera_id=camera_id, token=token, frame_width=width, frame_height=height,
-        residual_mode=RESIDUAL_MODES[codec.mode], software_version=VERSION,
+        residual_mode=PROTO_OF_MODE[codec.mode], software_version=VERSION,
         codec=edge_pb2.CodecInfo(
             base_model_id=codec.base.model_id, base_weights_hash=codec.base.weights_hash,
             residual_model_id=residual_model_id, residual_weights_hash=residual_weights_hash,
