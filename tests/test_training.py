@@ -179,3 +179,16 @@ def test_detector_feature_loss_is_zero_on_identity_and_drives_gradients(shared_d
     value.sum().backward()
     assert x_hat.grad is not None and float(x_hat.grad.abs().sum()) > 0
     assert all(not p.requires_grad for p in loss.parameters())
+
+
+def test_warm_start_from_exported_weights_takes_every_tensor(tmp_path: Path) -> None:
+    """--init-from accepts a shipped/exported weights file (tensors under "state_dict"), not only a checkpoint."""
+    from shared.codec.weights import load_layer, write_random_weights
+
+    folder = write_random_weights(tmp_path / "w", seed=3)
+    cfg = TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny",
+                      init_from=folder / "sa-icm.pt", threads=1)
+    trainer = Trainer(cfg)
+    exported = load_layer(folder / "sa-icm.pt").model.state_dict()
+    for name, value in trainer.model.named_parameters():  # every learned tensor (entropy tables are rebuilt)
+        assert torch.equal(value.detach(), exported[name].float()), name

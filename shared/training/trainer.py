@@ -132,7 +132,8 @@ class Trainer:
 
     def _warm_start(self, path: Path) -> None:
         state = load_state(path)  # --init-from: a user-supplied file, tensors only
-        source = state.get("model", state)
+        # a training checkpoint keeps its tensors under "model", an exported weights file under "state_dict"
+        source = state.get("model") or state.get("state_dict") or state
         own = self.model.state_dict()
         taken = {}
         for k, v in source.items():
