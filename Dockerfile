@@ -26,7 +26,7 @@ COPY shared shared
 COPY edge_node edge_node
 COPY cloud_server cloud_server
 RUN pip install -c constraints.txt ".[fleet]" \
-    && python -c "import torch, cloud_server.server, psycopg, paho.mqtt, nats; print('torch', torch.__version__)"
+    && python -c "import torch, icmh.cloud.server, psycopg, paho.mqtt, nats; print('torch', torch.__version__)"
 
 RUN useradd --system --uid 10001 --home-dir /data icmh && mkdir -p /data /models && chown icmh /data
 USER icmh

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from shared.rpc import detections_pb2, edge_pb2, operator_pb2
+from icmh.rpc import detections_pb2, edge_pb2, operator_pb2
 
 from .auth import OPEN_ACCESS, Identity, OperatorRegistry, Role
 from .metrics import CloudMetrics

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from shared.rpc import operator_pb2
-from shared.service.sqlite import Database
-from shared.service.timestamps import to_timestamp
+from icmh.rpc import operator_pb2
+from icmh.service.sqlite import Database
+from icmh.service.timestamps import to_timestamp
 
 from .access import OperatorAccess, abort, refusal
 from .auth import Role

@@ -7,7 +7,7 @@ Cameras, from ``--cameras-file`` and/or ``--camera ID=TOKEN`` flags::
         "cam-south": {"token_sha256": "<hex sha256 of the token>"}
     }}
 
-``config`` (optional) holds the camera's initial coding settings (see :mod:`shared.service.edge_config`).
+``config`` (optional) holds the camera's initial coding settings (see :mod:`icmh.service.edge_config`).
 
 Operators, from ``--operators-file`` and/or ``--operator NAME=TOKEN:ROLE`` flags (a map by name, or a list of
 objects with ``name``)::
@@ -37,7 +37,7 @@ from typing import Any
 
 import grpc
 
-from shared.service.edge_config import validate_config
+from icmh.service.edge_config import validate_config
 
 
 class AuthError(Exception):

@@ -9,9 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
-from shared.codec.bitstream import BitstreamError
+from icmh.codec.bitstream import BitstreamError
+from icmh.paths import default_detector
 
-DEFAULT_DETECTOR = Path(__file__).resolve().parent.parent.parent / "shared" / "models" / "yolov8n.pt"
 MIB = 1024 * 1024
 
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the inspection audit log this long (0: forever)")
     det = p.add_argument_group("codec and detector")
     det.add_argument("--weights", type=Path, help="codec weights folder (default: shipped)")
-    det.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR, help="YOLO checkpoint")
+    det.add_argument("--detector", type=Path, default=default_detector(), help="YOLO checkpoint")
     det.add_argument("--detector-imgsz", type=int, default=640, help="detector input size")
     det.add_argument("--detector-conf", type=float, default=0.25, help="detector confidence threshold")
     det.add_argument("--max-batch", type=int, default=8, help="frames per detector call when frames queue up")
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from shared.service.process import configure_logging, on_termination
+    from icmh.service.process import configure_logging, on_termination
 
     configure_logging(args.log_level)
     try:

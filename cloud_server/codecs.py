@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.codec import classical_residual
-from shared.codec.api import LEARNED_MODES, MODE_OF_KIND, ScalableCodec
-from shared.codec.bitstream import BitstreamError, LayerHeader, LayerKind, unpack
-from shared.codec.weights import LAYER_FILES, SHIPPED_DIR, LoadedModel, load_layer
-from shared.rpc import edge_pb2
+from icmh.codec import classical_residual
+from icmh.codec.api import LEARNED_MODES, MODE_OF_KIND, ScalableCodec
+from icmh.codec.bitstream import BitstreamError, LayerHeader, LayerKind, unpack
+from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR, LoadedModel, load_layer
+from icmh.rpc import edge_pb2
 
 MODES = ("pr", "fr", "avif")
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from shared.rpc import common_pb2, detections_pb2, detections_pb2_grpc
+from icmh.rpc import common_pb2, detections_pb2, detections_pb2_grpc
 
 from .access import OperatorAccess
 from .auth import Role

@@ -16,12 +16,12 @@ from typing import NoReturn
 
 import grpc
 
-from shared.codec.bitstream import MAX_SIDE, BitstreamError
-from shared.codec.rate import RATE_STEPS
-from shared.rpc import edge_pb2, edge_pb2_grpc
-from shared.service.edge_config import config_to_proto
-from shared.service.residual_modes import MODE_OF_PROTO
-from shared.service.timestamps import from_timestamp
+from icmh.codec.bitstream import MAX_SIDE, BitstreamError
+from icmh.codec.rate import RATE_STEPS
+from icmh.rpc import edge_pb2, edge_pb2_grpc
+from icmh.service.edge_config import config_to_proto
+from icmh.service.residual_modes import MODE_OF_PROTO
+from icmh.service.timestamps import from_timestamp
 
 from .auth import AuthError, CameraRegistry
 from .codecs import CloudCodecs

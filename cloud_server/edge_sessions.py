@@ -11,7 +11,7 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from shared.rpc import common_pb2, edge_pb2
+from icmh.rpc import common_pb2, edge_pb2
 
 
 class EdgeOffline(Exception):

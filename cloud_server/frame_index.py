@@ -12,7 +12,7 @@ It is also the detector's work queue and the source of exactly-once delivery:
   id is kept, so resent old frames are still recognised as duplicates.
 
 The store is SQLite (a file, the default) or PostgreSQL (``postgresql://...``), with one set of SQL and a
-versioned schema (:mod:`cloud_server.index_migrations`).
+versioned schema (:mod:`icmh.cloud.index_migrations`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.codec.bitstream import digest
+from icmh.codec.bitstream import digest
 
 from .index_migrations import migrate
 from .results import FrameResult, detections_from_json, detections_to_json

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shared.service.sqlite import Database
+from icmh.service.sqlite import Database
 
 
 class SqliteBackend:

@@ -15,9 +15,9 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shared.rpc import common_pb2, detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc
-from shared.service.edge_config import CONFIG_FIELDS
-from shared.service.grpc_setup import open_channel
+from icmh.rpc import common_pb2, detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc
+from icmh.service.edge_config import CONFIG_FIELDS
+from icmh.service.grpc_setup import open_channel
 
 QUALITIES = {"machine": operator_pb2.QUALITY_MACHINE, "human": operator_pb2.QUALITY_HUMAN,
              "original": operator_pb2.QUALITY_ORIGINAL}

@@ -10,13 +10,13 @@ from typing import NamedTuple, NoReturn
 
 import grpc
 
-from shared.codec import lossless
-from shared.codec.bitstream import BitstreamError
-from shared.rpc import common_pb2, operator_pb2, operator_pb2_grpc
-from shared.service.edge_config import config_from_proto, config_to_proto
-from shared.service.images import encode_png
-from shared.service.residual_modes import PROTO_OF_MODE
-from shared.service.timestamps import to_timestamp
+from icmh.codec import lossless
+from icmh.codec.bitstream import BitstreamError
+from icmh.rpc import common_pb2, operator_pb2, operator_pb2_grpc
+from icmh.service.edge_config import config_from_proto, config_to_proto
+from icmh.service.images import encode_png
+from icmh.service.residual_modes import PROTO_OF_MODE
+from icmh.service.timestamps import to_timestamp
 
 from .access import OperatorAccess
 from .audit import MAX_FRAME_ID, MAX_ID_CHARS, AuditLog, InspectionGuard, audited

@@ -1,6 +1,6 @@
 """The detector loop: machine images of received frames -> YOLO in batches across cameras -> results
 stored, then delivered to the sinks, each frame exactly once per sink (the frame index is the work queue
-and holds each sink's cursor, :mod:`cloud_server.publishers.delivery`)."""
+and holds each sink's cursor, :mod:`icmh.cloud.publishers.delivery`)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.codec.bitstream import BitstreamError
+from icmh.codec.bitstream import BitstreamError
+from icmh.detector import YoloDetector
 
 from .codecs import CloudCodecs
-from .detector import YoloDetector
 from .frame_index import FrameIndex, FrameRecord
 from .metrics import CloudMetrics
 from .publishers.base import Publisher
 from .publishers.delivery import CameraStatus, Delivery
-from .results import Detection, FrameResult
+from .results import Detection, FrameResult, detections_from_boxes
 from .subscribers import SubscriberHub
 
 log = logging.getLogger("icmh.cloud.pipeline")
@@ -117,7 +117,8 @@ class DetectionPipeline:
             return {}
         start = time.perf_counter()
         try:
-            detections = self.detector.detect([image for _, image in decoded])
+            detections = [detections_from_boxes(boxes, self.detector.names)
+                          for boxes in self.detector.detect_batch([image for _, image in decoded])]
         except Exception as exc:
             log.exception("detector failed on a batch of %d frames", len(decoded))
             self.metrics.errors.labels("detect").inc()

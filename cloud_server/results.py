@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared.rpc import common_pb2
-from shared.service.timestamps import to_timestamp
+from icmh.detector import Boxes
+from icmh.rpc import common_pb2
+from icmh.service.timestamps import to_timestamp
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,11 @@ def detections_to_json(detections: tuple[Detection, ...]) -> list[dict[str, Any]
 
 def detections_from_json(items: list[dict[str, Any]]) -> tuple[Detection, ...]:
     return tuple(Detection.from_json(d) for d in items)
+
+
+def detections_from_boxes(boxes: Boxes, names: dict[int, str]) -> tuple[Detection, ...]:
+    """The detector's boxes of one frame as published detections (class names from the checkpoint)."""
+    return tuple(
+        Detection(names.get(int(c), str(int(c))), int(c), float(score), tuple(float(v) for v in xyxy))
+        for xyxy, c, score in zip(boxes.xyxy, boxes.classes, boxes.scores, strict=True)
+    )

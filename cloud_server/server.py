@@ -13,16 +13,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared.rpc import detections_pb2, detections_pb2_grpc, edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
-from shared.service.grpc_setup import DEFAULT_MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, server_credentials, server_options
-from shared.service.process import MetricsEndpoint
+from icmh.detector import YoloDetector
+from icmh.rpc import detections_pb2, detections_pb2_grpc, edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
+from icmh.service.grpc_setup import DEFAULT_MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, server_credentials, server_options
+from icmh.service.process import MetricsEndpoint
 
 from .access import HEALTH, REFLECTION, OperatorAccess
 from .audit import AuditLog
 from .auth import CameraRegistry, OperatorRegistry
 from .codecs import CloudCodecs
 from .detections_service import DetectionsService
-from .detector import YoloDetector
 from .edge_service import EdgeLinkService
 from .edge_sessions import EdgeSessions
 from .frame_index import FrameIndex
@@ -109,7 +109,7 @@ class CloudServer:
         s = self.settings = settings
         self.metrics = CloudMetrics()
         self.codecs = codecs or CloudCodecs(s.weights)
-        self.detector = detector or YoloDetector(s.detector, s.detector_imgsz, s.detector_confidence)
+        self.detector = detector or YoloDetector(s.detector, imgsz=s.detector_imgsz, conf=s.detector_confidence)
         self.publishers: list[Publisher] = []
         try:  # a bad output URL or an unreachable index: nothing left connected
             self.publishers.extend(open_publisher(url, s.publish_timeout_s) for url in s.publish)

@@ -28,14 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
-from cloud_server.operator_cli import format_detections, format_result  # noqa: E402
-from edge_node.source import FrameSource  # noqa: E402
-from shared.codec.weights import LAYER_FILES, SHIPPED_DIR  # noqa: E402
-from shared.rpc import operator_pb2, operator_pb2_grpc  # noqa: E402
-from shared.service.feed import DetectionFeed  # noqa: E402
-from shared.service.grpc_setup import with_token  # noqa: E402
-from shared.service.images import decode_png, psnr  # noqa: E402
-from shared.service.local import LOOPBACK, LocalServices, ServiceError  # noqa: E402
+from icmh.cloud.operator_cli import format_detections, format_result  # noqa: E402
+from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR  # noqa: E402
+from icmh.edge.source import FrameSource  # noqa: E402
+from icmh.rpc import operator_pb2, operator_pb2_grpc  # noqa: E402
+from icmh.service.feed import DetectionFeed  # noqa: E402
+from icmh.service.grpc_setup import with_token  # noqa: E402
+from icmh.service.images import decode_png, psnr  # noqa: E402
+from icmh.service.local import LOOPBACK, LocalServices, ServiceError  # noqa: E402
 
 CAMERA, TOKEN = "demo-cam", "demo-token"
 #: the demo's own operator (inspector: may see human quality), a fresh token per run
@@ -68,7 +68,7 @@ def weights_folder(args: argparse.Namespace, workdir: Path) -> Path:
     if args.weights:
         return args.weights
     if args.random_weights:
-        from shared.codec.weights import write_random_weights
+        from icmh.codec.weights import write_random_weights
 
         folder = write_random_weights(workdir / "random-weights")
         print(f"demo: tiny random codecs in {folder}: decoded images are noise, detections will be few")
@@ -119,7 +119,7 @@ def start_web(services: LocalServices, port: int, web_port: int) -> str:
     """``icmh-web`` in front of the cloud on ``port``; returns its address once it serves."""
     ready = services.workdir / "web.port"
     ready.unlink(missing_ok=True)
-    services.launch("web", "cloud_server.web", ["--cloud", f"{LOOPBACK}:{port}", "--listen",
+    services.launch("web", "icmh.cloud.web", ["--cloud", f"{LOOPBACK}:{port}", "--listen",
                                                 f"{LOOPBACK}:{web_port}", "--ready-file", str(ready)])
     services.wait_for(lambda: ready.exists() and ready.read_text().endswith("\n"), 60, "the web view to serve")
     return f"http://{LOOPBACK}:{int(ready.read_text())}/"

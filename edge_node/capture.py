@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shared.codec.api import ScalableCodec
-from shared.codec.lossless import webp_lossless
+from icmh.codec.api import ScalableCodec
+from icmh.codec.lossless import webp_lossless
 
 from .metrics import EdgeMetrics
 from .rate_control import RateControl
@@ -28,7 +28,7 @@ class CaptureLoop:
 
     Every frame's base layer goes to the outbox and the frame itself (lossless WebP, libwebp's
     fastest setting) to the inspection store. The ``eager`` policy also codes the residual layer
-    now; ``lazy`` leaves it to the first request (:class:`edge_node.layers.InspectionLayers`).
+    now; ``lazy`` leaves it to the first request (:class:`icmh.edge.layers.InspectionLayers`).
 
     While the outbox is full (cloud unreachable for long) frames are not coded: they are
     counted as dropped before they get a sequence number, so no numbered frame is lost.

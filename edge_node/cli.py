@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from shared.codec.bitstream import BitstreamError
+from icmh.codec.bitstream import BitstreamError
 
 from .link import LinkRefused, LinkSettings
 from .source import SourceError
@@ -93,7 +93,7 @@ def settings_from_args(args: argparse.Namespace):  # -> EdgeSettings (import def
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from shared.service.process import configure_logging, on_termination
+    from icmh.service.process import configure_logging, on_termination
 
     configure_logging(args.log_level)
     log = logging.getLogger("icmh.edge")

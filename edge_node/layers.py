@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from shared.codec import lossless
-from shared.codec.api import BaseEncoding, ScalableCodec
-from shared.codec.bitstream import unpack
-from shared.codec.rate import RATE_STEPS
+from icmh.codec import lossless
+from icmh.codec.api import BaseEncoding, ScalableCodec
+from icmh.codec.bitstream import unpack
+from icmh.codec.rate import RATE_STEPS
 
 from .metrics import EdgeMetrics
 from .store import EdgeStore, StoredFrame

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import grpc
 
-from shared.rpc import common_pb2, edge_pb2, edge_pb2_grpc
-from shared.service.edge_config import config_from_proto
-from shared.service.grpc_setup import MAX_REPLY_BYTES, open_channel
-from shared.service.timestamps import to_timestamp
+from icmh.rpc import common_pb2, edge_pb2, edge_pb2_grpc
+from icmh.service.edge_config import config_from_proto
+from icmh.service.grpc_setup import MAX_REPLY_BYTES, open_channel
+from icmh.service.timestamps import to_timestamp
 
 from .layers import InspectionLayers
 from .metrics import EdgeMetrics

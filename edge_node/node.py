@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.codec.api import ScalableCodec
-from shared.rpc import edge_pb2
-from shared.service.process import MetricsEndpoint
-from shared.service.residual_modes import PROTO_OF_MODE
+from icmh.codec.api import ScalableCodec
+from icmh.rpc import edge_pb2
+from icmh.service.process import MetricsEndpoint
+from icmh.service.residual_modes import PROTO_OF_MODE
 
 from .capture import CaptureLoop
 from .layers import InspectionLayers

@@ -6,7 +6,7 @@ import math
 import threading
 from dataclasses import dataclass
 
-from shared.service.edge_config import check_rate, check_target
+from icmh.service.edge_config import check_rate, check_target
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from .bench.cli import add_bench_parser
-
-DEFAULT_SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+from .paths import data_root
 
 
 def _read_image(path: str):
@@ -145,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("layer", choices=("base", "residual", "single"))
     t.add_argument("--mode", choices=("pr", "fr"), default="pr")
     t.add_argument("--out", required=True, help="run folder (checkpoints, log.csv, val.csv, curves.png)")
-    t.add_argument("--shared", default=str(DEFAULT_SHARED), help="folder with data/ (../shared)")
+    t.add_argument("--shared", default=str(data_root()), help="folder with data/ (../shared)")
     t.add_argument("--base-weights", help="frozen SA-ICM weights or checkpoint (residual training)")
     t.add_argument("--masks", default="boxes", choices=("boxes", "edges", "boxes+edges", "sam"))
     t.add_argument("--detector", help="YOLO checkpoint: box masks of unlabelled images and, for the base, "

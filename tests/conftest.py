@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.codec.weights import write_random_weights
+from icmh.codec.weights import write_random_weights
+from icmh.paths import data_root
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 torch.set_num_threads(int(os.environ.get("ICMH_TEST_THREADS", "1")))
 
-SHARED = Path(os.environ.get("ICMH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = data_root()  # ICMH_DATA, else the folder beside the checkout
 
 
 def make_tiny_weights(folder: Path, seed: int = 0) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from service_support import DETECTOR_IMGSZ
 
-from shared.service.local import free_port, wait_for
+from icmh.service.local import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = "start them with `source .ci/services.sh` (CI does)"
@@ -168,7 +168,7 @@ def cloud_process(tmp: Path, port: int, weights: Path, shared_dir: Path, cameras
     ready.unlink(missing_ok=True)
     log = (tmp / "cloud.log").open("a")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cloud_server.cli", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "cloud"),
+        [sys.executable, "-m", "icmh.cloud.cli", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "cloud"),
          *(f"--camera={c}={t}" for c, t in cameras.items()), "--weights", str(weights),
          "--detector", str(shared_dir / "models/yolov8n.pt"), "--detector-imgsz", str(DETECTOR_IMGSZ),
          "--detections-jsonl", str(tmp / "detections.jsonl"), "--metrics-port", "0", "--threads", "1",

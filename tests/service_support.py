@@ -11,19 +11,19 @@ from pathlib import Path
 
 import grpc
 
-from cloud_server.auth import CameraRegistry, OperatorRegistry
-from cloud_server.codecs import CloudCodecs
-from cloud_server.detector import YoloDetector
-from cloud_server.server import CloudServer, CloudSettings
-from edge_node.link import LinkSettings
-from edge_node.node import EdgeNode, EdgeSettings
-from edge_node.source import FrameSource
-from shared.bench.delivery import read_jsonl
-from shared.codec.api import ScalableCodec
-from shared.rpc import edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
-from shared.service.feed import DetectionFeed
-from shared.service.grpc_setup import channel_options, with_token
-from shared.service.local import free_port, wait_for  # noqa: F401 - used by the tests
+from icmh.bench.delivery import read_jsonl
+from icmh.cloud.auth import CameraRegistry, OperatorRegistry
+from icmh.cloud.codecs import CloudCodecs
+from icmh.cloud.server import CloudServer, CloudSettings
+from icmh.codec.api import ScalableCodec
+from icmh.detector import YoloDetector
+from icmh.edge.link import LinkSettings
+from icmh.edge.node import EdgeNode, EdgeSettings
+from icmh.edge.source import FrameSource
+from icmh.rpc import edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
+from icmh.service.feed import DetectionFeed
+from icmh.service.grpc_setup import channel_options, with_token
+from icmh.service.local import free_port, wait_for  # noqa: F401 - used by the tests
 
 FRAME_SIZE = (320, 192)  # small frames: fast on 2 shared cores
 DETECTOR_IMGSZ = 320

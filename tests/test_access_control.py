@@ -35,15 +35,15 @@ from service_support import (
     wait_for,
 )
 
-from cloud_server import cli as cloud_cli
-from cloud_server import operator_cli
-from cloud_server.audit import AuditLog, AuditRecord
-from cloud_server.auth import CameraRegistry, OperatorRegistry, Role
-from cloud_server.server import CloudServer, CloudSettings
-from edge_node.link import LinkRefused, LinkSettings
-from shared.codec.weights import LAYER_FILES, SHIPPED_DIR, load_layer, load_state
-from shared.rpc import common_pb2, detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc
-from shared.service.grpc_setup import bearer_metadata, channel_options, open_channel
+from icmh.cloud import cli as cloud_cli
+from icmh.cloud import operator_cli
+from icmh.cloud.audit import AuditLog, AuditRecord
+from icmh.cloud.auth import CameraRegistry, OperatorRegistry, Role
+from icmh.cloud.server import CloudServer, CloudSettings
+from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR, load_layer, load_state
+from icmh.edge.link import LinkRefused, LinkSettings
+from icmh.rpc import common_pb2, detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc
+from icmh.service.grpc_setup import bearer_metadata, channel_options, open_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERAS = {"cam-a": "cam-a-token", "cam-b": "cam-b-token"}
@@ -460,7 +460,7 @@ def test_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, tiny_weights: P
         err = capsys.readouterr().err.strip()
         assert re.fullmatch(rf"cloud-server: error: metrics endpoint 127\.0\.0\.1:{port}: .+", err), err
         edge = subprocess.run(
-            [sys.executable, "-m", "edge_node.cli", "--camera-id", "c", "--cloud", "127.0.0.1:9", "--source",
+            [sys.executable, "-m", "icmh.edge.cli", "--camera-id", "c", "--cloud", "127.0.0.1:9", "--source",
              str(shared_dir / VIDEO), "--width", "320", "--height", "192", "--data-dir", str(tmp_path / "edge"),
              *common], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "ICMH_EDGE_TOKEN": "t"},
             capture_output=True, text=True, timeout=300)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.bench.bdrate import METHODS, bd_rate, rate_quality_envelope
+from icmh.bench.bdrate import METHODS, bd_rate, rate_quality_envelope
 
 RATES = [0.1, 0.25, 0.5, 1.0, 2.0]
 PSNR = [27.0, 30.0, 33.5, 36.0, 38.0]

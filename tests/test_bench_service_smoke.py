@@ -9,10 +9,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared.bench.cli import main
-from shared.bench.delivery import Delivery
-from shared.bench.service import spread
-from shared.rpc import common_pb2
+from icmh.bench.cli import main
+from icmh.bench.delivery import Delivery
+from icmh.bench.service import spread
+from icmh.rpc import common_pb2
 
 FAST = ["--size", "320x192", "--detector-imgsz", "320", "--threads", "1", "--fps", "4"]
 
@@ -25,7 +25,7 @@ def _load(path: Path, image_count: int) -> dict:
     assert path.with_suffix(".png").stat().st_size > 0
     data = json.loads(path.read_text())
     meta = data["meta"]
-    assert meta["command"].startswith("python -m shared.bench.cli") and meta["image_count"] == image_count
+    assert meta["command"].startswith("python -m icmh.bench.cli") and meta["image_count"] == image_count
     assert meta["git_commit"] and meta["machine"]["cores"] >= 1 and "torch" in meta["versions"]
     assert set(meta["weights"]) == {"base", "pr"} and meta["frame_size"] == "320x192"
     return data
@@ -108,8 +108,8 @@ def test_inspected_frames_are_spread_over_the_run() -> None:
 def test_parser_defaults() -> None:
     import argparse
 
-    from shared.bench.cli import _stream_options, add_bench_parser
-    from shared.cli import DEFAULT_SHARED
+    from icmh.bench.cli import _stream_options, add_bench_parser
+    from icmh.paths import data_root
 
     parser = argparse.ArgumentParser(prog="icmh")
     add_bench_parser(parser.add_subparsers(dest="command", required=True))
@@ -118,5 +118,5 @@ def test_parser_defaults() -> None:
     args = parser.parse_args(["bench", "service", "--inspect", "3"])
     assert (args.frames, args.inspect, args.fps) == (60, 3, 5.0)
     options = _stream_options(args)
-    assert options.source == DEFAULT_SHARED / "data" / "traffic" / "cvtrafficcam_street.mp4"
-    assert options.detector == DEFAULT_SHARED / "models" / "yolov8n.pt" and options.workdir is None
+    assert options.source == data_root() / "data" / "traffic" / "cvtrafficcam_street.mp4"
+    assert options.detector == data_root() / "models" / "yolov8n.pt" and options.workdir is None

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from shared.bench.cli import main
-from shared.bench.datasets import DETECTION_SETS, KODAK, TRAFFIC_VIDEO, list_images
+from icmh.bench.cli import main
+from icmh.bench.datasets import DETECTION_SETS, KODAK, TRAFFIC_VIDEO, list_images
 
 LEARNED = ("sa-icm", "pr-icmh", "fr-icmh", "single")
 
@@ -50,7 +50,7 @@ def _load(path: Path) -> dict:
     assert path.with_suffix(".png").stat().st_size > 0
     data = json.loads(path.read_text())
     meta = data["meta"]
-    assert meta["command"].startswith("python -m shared.bench.cli")
+    assert meta["command"].startswith("python -m icmh.bench.cli")
     assert meta["git_commit"] and meta["machine"]["cpu"] and meta["machine"]["cores"] >= 1
     assert {"torch", "compressai", "ultralytics", "opencv-python", "pillow"} <= set(meta["versions"])
     assert set(meta["weights"]) >= {"base"}
@@ -121,13 +121,13 @@ def test_errors(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_parser_hooks_into_a_subparsers_object() -> None:
     import argparse
 
-    from shared.bench.cli import add_bench_parser
-    from shared.cli import DEFAULT_SHARED
+    from icmh.bench.cli import add_bench_parser
+    from icmh.paths import data_root
 
     parser = argparse.ArgumentParser(prog="icmh")
     add_bench_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", "machine", "--limit", "3", "--rates", "0,0.5", "--datasets", "coco128"])
     assert (args.bench, args.limit, args.rates, args.datasets) == ("machine", 3, (0.0, 0.5), ("coco128",))
-    assert args.weights is None and args.out == "docs/benchmarks" and args.shared == str(DEFAULT_SHARED)
+    assert args.weights is None and args.out == "docs/benchmarks" and args.shared == str(data_root())
     args = parser.parse_args(["bench", "speed", "--sizes", "640x360"])
     assert args.sizes == ((640, 360),) and args.rates == (0.5,) and args.codecs is None

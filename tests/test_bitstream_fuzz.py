@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from shared.codec.api import ScalableCodec
-from shared.codec.bitstream import MAX_SIDE, MAX_STRINGS, BitstreamError, LayerHeader, LayerKind, pack, unpack
+from icmh.codec.api import ScalableCodec
+from icmh.codec.bitstream import MAX_SIDE, MAX_STRINGS, BitstreamError, LayerHeader, LayerKind, pack, unpack
 
 EXAMPLES = int(os.environ.get("ICMH_FUZZ_EXAMPLES", "300"))
 DECODE_EXAMPLES = max(10, EXAMPLES // 3)  # a decode of the tiny codec at 40x56 takes tens of ms

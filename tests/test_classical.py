@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from shared.bench import classical
-from shared.bench.classical import CLASSICAL_CODECS, select_codecs
-from shared.service.images import psnr
+from icmh.bench import classical
+from icmh.bench.classical import CLASSICAL_CODECS, select_codecs
+from icmh.service.images import psnr
 
 
 def _test_image(height: int = 45, width: int = 67) -> np.ndarray:

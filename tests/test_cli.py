@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.codec import ScalableCodec
+from icmh.codec import ScalableCodec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def icmh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "icmh.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared.codec import BitstreamError, ScalableCodec, inspect
-from shared.codec.api import image_to_tensor, tensor_to_image
-from shared.codec.bitstream import LayerHeader, LayerKind, pack, unpack
-from shared.codec.exact import exact_arithmetic
+from icmh.codec import BitstreamError, ScalableCodec, inspect
+from icmh.codec.api import image_to_tensor, tensor_to_image
+from icmh.codec.bitstream import LayerHeader, LayerKind, pack, unpack
+from icmh.codec.exact import exact_arithmetic
 from tests.conftest import make_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_pack_refuses_bad_headers() -> None:
 DECODE_SCRIPT = """
 import hashlib, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from shared.codec import ScalableCodec
+from icmh.codec import ScalableCodec
 codec = ScalableCodec.from_weights(sys.argv[2], mode=sys.argv[4])
 base = open(sys.argv[3] + '.base', 'rb').read()
 res = open(sys.argv[3] + '.res', 'rb').read()

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.codec import BitstreamError, ScalableCodec, inspect
-from shared.codec import classical_residual as avif
-from shared.codec.bitstream import LayerKind, pack, unpack
-from shared.service.images import psnr
+from icmh.codec import BitstreamError, ScalableCodec, inspect
+from icmh.codec import classical_residual as avif
+from icmh.codec.bitstream import LayerKind, pack, unpack
+from icmh.service.images import psnr
 from tests.test_codec import kodak
 
 pytestmark = pytest.mark.skipif(not avif.available(), reason="Pillow without AVIF support")

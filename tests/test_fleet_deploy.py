@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from cloud_server.cli import build_parser
-from cloud_server.metrics import CloudMetrics
-from edge_node.metrics import EdgeMetrics
+from icmh.cloud.cli import build_parser
+from icmh.cloud.metrics import CloudMetrics
+from icmh.edge.metrics import EdgeMetrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}

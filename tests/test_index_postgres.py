@@ -15,9 +15,9 @@ import pytest
 from fleet_support import cloud_process, postgres_url, service_url, stream_records  # noqa: F401 - fixture
 from service_support import edge_settings, frame_ids, free_port, start_edge, wait_for
 
-from cloud_server.frame_index import Admission, FrameIndex, FrameState
-from cloud_server.index_migrations import LATEST, MIGRATIONS
-from cloud_server.results import FrameResult
+from icmh.cloud.frame_index import Admission, FrameIndex, FrameState
+from icmh.cloud.index_migrations import LATEST, MIGRATIONS
+from icmh.cloud.results import FrameResult
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

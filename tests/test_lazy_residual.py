@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from service_support import FRAME_SIZE, VIDEO, edge_settings, frame_ids, get_frame, start_cloud, start_edge, wait_for
 
-from edge_node.capture import CaptureLoop
-from edge_node.layers import InspectionLayers
-from edge_node.metrics import EdgeMetrics
-from edge_node.source import FrameSource
-from edge_node.store import EdgeStore, StoreLimits
-from shared.codec import ScalableCodec, lossless
-from shared.rpc import operator_pb2
-from shared.service.images import decode_png
+from icmh.codec import ScalableCodec, lossless
+from icmh.edge.capture import CaptureLoop
+from icmh.edge.layers import InspectionLayers
+from icmh.edge.metrics import EdgeMetrics
+from icmh.edge.source import FrameSource
+from icmh.edge.store import EdgeStore, StoreLimits
+from icmh.rpc import operator_pb2
+from icmh.service.images import decode_png
 from tests.test_codec import kodak
 
 
@@ -136,7 +136,7 @@ def test_lazy_edge_serves_human_quality_over_grpc(tmp_path: Path, tiny_weights: 
 
 
 def test_edge_cli_flags_select_mode_and_policy() -> None:
-    from edge_node.cli import build_parser, settings_from_args
+    from icmh.edge.cli import build_parser, settings_from_args
 
     args = ["--camera-id", "c", "--token", "t", "--cloud", "localhost:1", "--source", "0"]
     default = settings_from_args(build_parser().parse_args(args))

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from service_support import edge_settings, frame_ids, get_frame, rpc_error, start_cloud, start_edge, wait_for
 
-from edge_node.source import FrameSource
-from edge_node.store import StoreLimits
-from shared.codec import BitstreamError, ScalableCodec, lossless
-from shared.codec.bitstream import LayerKind, pack, unpack
-from shared.rpc import operator_pb2
-from shared.service.images import decode_png
+from icmh.codec import BitstreamError, ScalableCodec, lossless
+from icmh.codec.bitstream import LayerKind, pack, unpack
+from icmh.edge.source import FrameSource
+from icmh.edge.store import StoreLimits
+from icmh.rpc import operator_pb2
+from icmh.service.images import decode_png
 from tests.service_support import FRAME_SIZE, VIDEO
 from tests.test_cli import icmh
 from tests.test_codec import kodak, run_in_other_processes
@@ -91,7 +91,7 @@ def test_malformed_lossless_layers_raise(tiny_weights: Path, photo: np.ndarray) 
 DECODE_ORIGINAL = """
 import hashlib, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from shared.codec import ScalableCodec
+from icmh.codec import ScalableCodec
 codec = ScalableCodec.from_weights(sys.argv[2], mode=sys.argv[4])
 read = lambda ext: open(sys.argv[3] + ext, 'rb').read()
 print(hashlib.sha256(codec.decode_original(read('.base'), read('.lossless'), read('.res')).tobytes()).hexdigest())

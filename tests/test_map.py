@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.bench.detection_map import Boxes, box_iou, mean_average_precision
+from icmh.bench.detection_map import Boxes, box_iou, mean_average_precision
 
 A = [0, 0, 100, 100]
 B = [200, 200, 300, 300]

@@ -13,14 +13,14 @@ import pytest
 from fleet_support import BrokerProcess, MqttCollector, service_url, stream_records
 from service_support import edge_settings, frame_ids, start_cloud, start_edge, wait_for
 
-from cloud_server.frame_index import FrameIndex, FrameState
-from cloud_server.jsonl_sink import JsonlSink
-from cloud_server.metrics import CloudMetrics
-from cloud_server.publishers import open_publisher, payload, topic_token
-from cloud_server.publishers.delivery import Delivery
-from cloud_server.publishers.nats_publisher import NatsPublisher
-from cloud_server.results import Detection, FrameResult
-from shared.bench.delivery import read_jsonl
+from icmh.bench.delivery import read_jsonl
+from icmh.cloud.frame_index import FrameIndex, FrameState
+from icmh.cloud.jsonl_sink import JsonlSink
+from icmh.cloud.metrics import CloudMetrics
+from icmh.cloud.publishers import open_publisher, payload, topic_token
+from icmh.cloud.publishers.delivery import Delivery
+from icmh.cloud.publishers.nats_publisher import NatsPublisher
+from icmh.cloud.results import Detection, FrameResult
 
 
 def results(camera: str, *frame_ids: int) -> list[FrameResult]:

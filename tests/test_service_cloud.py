@@ -12,15 +12,15 @@ import grpc
 import pytest
 from service_support import encode_frames, read_jsonl, shared_detector
 
-from cloud_server.auth import AuthError, CameraRegistry
-from cloud_server.codecs import CloudCodecs
-from cloud_server.frame_index import Admission, FrameIndex, FrameState
-from cloud_server.jsonl_sink import JsonlSink
-from cloud_server.metrics import CloudMetrics
-from cloud_server.pipeline import DetectionPipeline
-from cloud_server.results import Detection, FrameResult
-from cloud_server.subscribers import ResultFilter, SubscriberHub
-from shared.codec.api import ScalableCodec
+from icmh.cloud.auth import AuthError, CameraRegistry
+from icmh.cloud.codecs import CloudCodecs
+from icmh.cloud.frame_index import Admission, FrameIndex, FrameState
+from icmh.cloud.jsonl_sink import JsonlSink
+from icmh.cloud.metrics import CloudMetrics
+from icmh.cloud.pipeline import DetectionPipeline
+from icmh.cloud.results import Detection, FrameResult, detections_from_boxes
+from icmh.cloud.subscribers import ResultFilter, SubscriberHub
+from icmh.codec.api import ScalableCodec
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +96,14 @@ def test_pipeline_reports_undecodable_frames(tmp_path: Path, tiny_weights: Path,
 
 def test_detector_finds_traffic_on_an_original_frame(shared_dir: Path) -> None:
     """The tiny random codecs decode to noise, so the detector's parsing is checked on a real frame."""
-    from edge_node.source import FrameSource
+    from icmh.edge.source import FrameSource
 
     source = FrameSource(str(shared_dir / "data/traffic/cvtrafficcam_street.mp4"), max_frames=1)
     width, height = source.open()
     image = next(source.frames(threading.Event())).image
     source.close()
-    [found] = shared_detector(shared_dir / "models" / "yolov8n.pt").detect([image])
+    detector = shared_detector(shared_dir / "models" / "yolov8n.pt")
+    found = detections_from_boxes(detector.detect(image), detector.names)
     assert {d.class_name for d in found} & {"car", "truck", "bus", "person"}, found
     for d in found:
         x1, y1, x2, y2 = d.box

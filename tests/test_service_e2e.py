@@ -27,14 +27,14 @@ from service_support import (
     wait_for,
 )
 
-from cloud_server import operator_cli
-from cloud_server.server import CloudServer
-from edge_node.source import FrameSource
-from edge_node.store import StoreLimits
-from shared.codec.api import ScalableCodec
-from shared.codec.weights import LAYER_FILES, SHIPPED_DIR
-from shared.rpc import common_pb2, operator_pb2
-from shared.service.images import decode_png, psnr
+from icmh.cloud import operator_cli
+from icmh.cloud.server import CloudServer
+from icmh.codec.api import ScalableCodec
+from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR
+from icmh.edge.source import FrameSource
+from icmh.edge.store import StoreLimits
+from icmh.rpc import common_pb2, operator_pb2
+from icmh.service.images import decode_png, psnr
 
 CAMERAS = {c: f"token-{c}" for c in ("cam-main", "cam-evict", "cam-a", "cam-b", "cam-config", "cam-cli", "cam-idle")}
 MACHINE, HUMAN = operator_pb2.QUALITY_MACHINE, operator_pb2.QUALITY_HUMAN

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from service_support import FRAME_SIZE, VIDEO, wait_for
 
-from edge_node import cli
-from edge_node.link import Backoff
-from edge_node.rate_control import RateControl
-from edge_node.source import FrameSource, SourceError
-from edge_node.store import EdgeStore, OutboxFull, StoreLimits
+from icmh.edge import cli
+from icmh.edge.link import Backoff
+from icmh.edge.rate_control import RateControl
+from icmh.edge.source import FrameSource, SourceError
+from icmh.edge.store import EdgeStore, OutboxFull, StoreLimits
 
 
 def test_store_numbers_frames_and_survives_reopening(tmp_path: Path) -> None:

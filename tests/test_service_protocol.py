@@ -22,12 +22,12 @@ from service_support import (
     wait_for,
 )
 
-from cloud_server.server import CloudServer
-from edge_node.link import LinkRefused, LinkSettings
-from edge_node.node import make_hello
-from shared.codec.api import ScalableCodec
-from shared.rpc import edge_pb2, operator_pb2, operator_pb2_grpc
-from shared.service.grpc_setup import open_channel
+from icmh.cloud.server import CloudServer
+from icmh.codec.api import ScalableCodec
+from icmh.edge.link import LinkRefused, LinkSettings
+from icmh.edge.node import make_hello
+from icmh.rpc import edge_pb2, operator_pb2, operator_pb2_grpc
+from icmh.service.grpc_setup import open_channel
 
 CAMERAS = {"cam-raw": "token-raw", "cam-big": "token-big", "cam-auth": "token-auth"}
 MAX_PACKET, MAX_MESSAGE = 4096, 64 * 1024

@@ -22,10 +22,10 @@ from service_support import (
     wait_for,
 )
 
-from edge_node.store import EdgeStore
-from shared.codec.api import ScalableCodec
-from shared.rpc import operator_pb2
-from shared.service.images import decode_png
+from icmh.codec.api import ScalableCodec
+from icmh.edge.store import EdgeStore
+from icmh.rpc import operator_pb2
+from icmh.service.images import decode_png
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 12
@@ -37,7 +37,7 @@ def cloud_process(tmp: Path, port: int, weights: Path, shared_dir: Path) -> subp
     ready.unlink(missing_ok=True)
     log = (tmp / "cloud.log").open("a")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cloud_server.cli", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "cloud"),
+        [sys.executable, "-m", "icmh.cloud.cli", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "cloud"),
          "--camera", "cam-k=token-k", "--weights", str(weights), "--detector", str(shared_dir / "models/yolov8n.pt"),
          "--detector-imgsz", str(DETECTOR_IMGSZ), "--detections-jsonl", str(tmp / "detections.jsonl"),
          "--metrics-port", "0", "--threads", "1", "--ready-file", str(ready)],
@@ -101,7 +101,7 @@ def test_edge_restart_keeps_residual_store_and_numbering(tmp_path: Path, tiny_we
 def test_edge_cli_streams_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_weights: Path, shared_dir: Path) -> None:
     server = start_cloud(tmp_path, tiny_weights, shared_dir, {"cam-cli": "token-cli"})
     edge = subprocess.Popen(
-        [sys.executable, "-m", "edge_node.cli", "--camera-id", "cam-cli", "--cloud", f"127.0.0.1:{server.port}",
+        [sys.executable, "-m", "icmh.edge.cli", "--camera-id", "cam-cli", "--cloud", f"127.0.0.1:{server.port}",
          "--source", str(shared_dir / VIDEO), "--max-frames", "2", "--width", "320", "--height", "192",
          "--weights", str(tiny_weights), "--data-dir", str(tmp_path / "edge"), "--metrics-port", "0",
          "--threads", "1"],

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from shared.codec import ScalableCodec
-from shared.codec.weights import export_weights
-from shared.splits import check_training_path, video_frames
-from shared.training.data import load_detection_monitor_set, load_training_set
-from shared.training.detector_features import DetectorFeatureLoss
-from shared.training.masks import SamBoundaries, boxes_to_mask, edge_mask
-from shared.training.trainer import TrainConfig, Trainer, accuracy_at
+from icmh.codec import ScalableCodec
+from icmh.codec.weights import export_weights
+from icmh.splits import check_training_path, video_frames
+from icmh.training.data import load_detection_monitor_set, load_training_set
+from icmh.training.detector_features import DetectorFeatureLoss
+from icmh.training.masks import SamBoundaries, boxes_to_mask, edge_mask
+from icmh.training.trainer import TrainConfig, Trainer, accuracy_at
 
 
 def tiny_sam():
@@ -183,7 +183,7 @@ def test_detector_feature_loss_is_zero_on_identity_and_drives_gradients(shared_d
 
 def test_warm_start_from_exported_weights_takes_every_tensor(tmp_path: Path) -> None:
     """--init-from accepts a shipped/exported weights file (tensors under "state_dict"), not only a checkpoint."""
-    from shared.codec.weights import load_layer, write_random_weights
+    from icmh.codec.weights import load_layer, write_random_weights
 
     folder = write_random_weights(tmp_path / "w", seed=3)
     cfg = TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny",

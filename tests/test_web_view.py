@@ -35,16 +35,16 @@ from service_support import (
     wait_for,
 )
 
-from cloud_server.auth import OperatorRegistry
-from cloud_server.server import CloudServer
-from cloud_server.web import cli as web_cli
-from cloud_server.web.app import CloudTarget
-from cloud_server.web.cli import WebServer, bind
-from edge_node.node import EdgeNode
-from shared.codec.weights import LAYER_FILES, SHIPPED_DIR
-from shared.rpc import operator_pb2, operator_pb2_grpc
-from shared.service.grpc_setup import channel_options, with_token
-from shared.service.images import decode_png
+from icmh.cloud.auth import OperatorRegistry
+from icmh.cloud.server import CloudServer
+from icmh.cloud.web import cli as web_cli
+from icmh.cloud.web.app import CloudTarget
+from icmh.cloud.web.cli import WebServer, bind
+from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR
+from icmh.edge.node import EdgeNode
+from icmh.rpc import operator_pb2, operator_pb2_grpc
+from icmh.service.grpc_setup import channel_options, with_token
+from icmh.service.images import decode_png
 
 if TYPE_CHECKING:
     from playwright import sync_api
@@ -317,7 +317,7 @@ def test_icmh_web_over_https_to_a_tls_cloud_exits_0_on_sigterm(tmp_path: Path, t
                         tls_key=tls["server_key"])
     bearer = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     ready = tmp_path / "web.port"
-    process = subprocess.Popen([sys.executable, "-m", "cloud_server.web", "--cloud", f"127.0.0.1:{cloud.port}",
+    process = subprocess.Popen([sys.executable, "-m", "icmh.cloud.web", "--cloud", f"127.0.0.1:{cloud.port}",
                                 "--tls-ca", str(tls["ca"]), "--https-cert", str(tls["server_cert"]),
                                 "--https-key", str(tls["server_key"]), "--listen", "127.0.0.1:0",
                                 "--ready-file", str(ready), "--log-level", "warning"], cwd=ROOT)

@@ -1,4 +1,4 @@
-"""What every sink of detection results offers the delivery loop (:mod:`cloud_server.publishers.delivery`)."""
+"""What every sink of detection results offers the delivery loop (:mod:`icmh.cloud.publishers.delivery`)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``mqtt://[user[:password]@]host[:1883]/prefix`` (``mqtts://`` for TLS with the system CAs, port 8883); the
 password may also come from ``$ICMH_MQTT_PASSWORD``. Topics (a camera id is one topic level,
-see :func:`~cloud_server.publishers.base.topic_token`):
+see :func:`~icmh.cloud.publishers.base.topic_token`):
 
 * ``PREFIX/CAMERA/detections`` — every result (the JSON of a JSON Lines record), QoS 1, not retained;
 * ``PREFIX/CAMERA/status`` — retained ``{"camera_id", "online", "time_ns"}``, sent when it changes and after

@@ -1,7 +1,7 @@
 """Detection results to NATS JetStream (nats-py), each (camera, frame) stored once in the stream.
 
 ``nats://[user:password@]host[:4222]/subject[?stream=NAME&duplicate_window=SECONDS]``: results go to
-``SUBJECT.CAMERA`` (the camera id as one subject token, see :func:`~cloud_server.publishers.base.topic_token`)
+``SUBJECT.CAMERA`` (the camera id as one subject token, see :func:`~icmh.cloud.publishers.base.topic_token`)
 with the header ``Nats-Msg-Id: CAMERA:FRAME``. The stream (default name: the subject in capitals, ``.`` -> ``_``)
 is created when missing, capturing ``SUBJECT.>`` with a duplicate window of ``duplicate_window`` seconds
 (default 600).

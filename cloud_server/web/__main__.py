@@ -1,4 +1,4 @@
-"""``python -m cloud_server.web``: the same as ``icmh-web``."""
+"""``python -m icmh.cloud.web``: the same as ``icmh-web``."""
 
 import sys
 

@@ -30,9 +30,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.rpc import detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc
-from shared.service.edge_config import CONFIG_FIELDS, config_to_proto, validate_config
-from shared.service.grpc_setup import bearer_metadata, channel_options
+from icmh.rpc import detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc
+from icmh.service.edge_config import CONFIG_FIELDS, config_to_proto, validate_config
+from icmh.service.grpc_setup import bearer_metadata, channel_options
 
 from . import convert
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
-from shared.service.process import configure_logging, on_termination
+from icmh.service.process import configure_logging, on_termination
 
 from .app import CloudTarget, create_app
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shared.rpc import common_pb2, operator_pb2
-from shared.service.edge_config import CONFIG_FIELDS
+from icmh.rpc import common_pb2, operator_pb2
+from icmh.service.edge_config import CONFIG_FIELDS
 
 QUALITIES = {"machine": operator_pb2.QUALITY_MACHINE, "human": operator_pb2.QUALITY_HUMAN,
              "original": operator_pb2.QUALITY_ORIGINAL}

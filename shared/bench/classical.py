@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image, features
 
-from shared.service.images import decode_png
+from icmh.service.images import decode_png
 
 EncodeDecode = Callable[[np.ndarray, float], tuple[bytes, np.ndarray]]
 

@@ -3,7 +3,7 @@
 ``edge`` (lazy vs eager residual policy), ``lossless`` (evidence-layer size).
 
 Hooked into ``icmh`` by ``add_bench_parser(subparsers)``; also runnable on its own as
-``python -m shared.bench.cli {machine,human,speed,service,scale} ...``. Heavy imports happen only when a
+``python -m icmh.bench.cli {machine,human,speed,service,scale} ...``. Heavy imports happen only when a
 benchmark runs, so building the parser stays cheap.
 """
 
@@ -13,6 +13,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from icmh.paths import data_root
 
 DEFAULT_OUT = Path("docs") / "benchmarks"
 MACHINE_DATASETS = ("road_traffic4", "coco128", "traffic_cams")
@@ -139,7 +141,6 @@ def cmd_lossless(args: argparse.Namespace) -> None:
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bench {machine,human,speed,service,scale}`` to an ``icmh`` subparsers object; returns ``bench``."""
-    from shared.cli import DEFAULT_SHARED  # at call time: shared.cli may import this module
 
     bench = subparsers.add_parser("bench", help="benchmarks: machine task, human quality, speed, service, scale",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,7 +152,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         p.add_argument("--limit", type=int, help="first N images only")
         p.add_argument("--rates", type=_floats, default=_floats(rates), help=f"learned-codec rates R (default {rates})")
         p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for <name>.json / .png")
-        p.add_argument("--shared", default=str(DEFAULT_SHARED), help="the ../shared folder (data/, models/)")
+        p.add_argument("--shared", default=str(data_root()), help="the ../shared folder (data/, models/)")
         p.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
         if codecs:
             p.add_argument("--codecs", type=_names, help="comma-separated codecs to compare (default: all installed)")
@@ -194,7 +195,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         p.add_argument("--detector-imgsz", type=int, default=640, help="cloud detector input size")
         p.add_argument("--threads", type=int, default=2, help="torch threads of the cloud server (and of edge-node)")
         p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for <name>.json / .png")
-        p.add_argument("--shared", default=str(DEFAULT_SHARED), help="the ../shared folder (data/, models/)")
+        p.add_argument("--shared", default=str(data_root()), help="the ../shared folder (data/, models/)")
         p.add_argument("--workdir", help="data and logs of the services (default: a temporary folder, removed "
                                          "after a successful run)")
 
@@ -221,7 +222,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     g.add_argument("--residual-rate", type=float, default=0.5, help="residual-layer rate R")
     g.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
     g.add_argument("--out", default=str(DEFAULT_OUT), help="output folder for edge.json / .png")
-    g.add_argument("--shared", default=str(DEFAULT_SHARED), help="the ../shared folder (data/, models/)")
+    g.add_argument("--shared", default=str(data_root()), help="the ../shared folder (data/, models/)")
     g.set_defaults(func=cmd_edge)
 
     x = sub.add_parser("lossless", help="lossless evidence layer: bytes vs PNG and lossless WebP of the original")
@@ -234,8 +235,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m shared.bench.cli``."""
-    parser = argparse.ArgumentParser(prog="python -m shared.bench.cli")
+    """Entry point for ``python -m icmh.bench.cli``."""
+    parser = argparse.ArgumentParser(prog="python -m icmh.bench.cli")
     add_bench_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
     args.command_line = shlex.join([*parser.prog.split(), *(sys.argv[1:] if argv is None else argv)])

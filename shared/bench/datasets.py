@@ -10,10 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from icmh.detector import ROAD_USERS, Boxes, YoloDetector
+
 from ..media import iter_video_frames
 from ..splits import video_frames
-from .detection_map import Boxes
-from .detector import ROAD_USERS, Detector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 #: name -> (images folder, labels folder, class map file or None when labels are COCO-80 ids)
@@ -90,7 +90,7 @@ def read_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
     return frames
 
 
-def load_pseudo_labelled_frames(shared: Path, detector: Detector, folder: Path,
+def load_pseudo_labelled_frames(shared: Path, detector: YoloDetector, folder: Path,
                                 limit: int | None = None) -> tuple[list[LabelledImage], list[int]]:
     """Test frames of the traffic videos (:func:`traffic_test_frames`) saved as PNG in ``folder``, each
     labelled with the detector's road-user boxes (score >= 0.25) on the original: accuracy on a decoded
@@ -101,7 +101,7 @@ def load_pseudo_labelled_frames(shared: Path, detector: Detector, folder: Path,
         path = folder / (key.replace("/", "_").replace("#", "_") + ".png")
         cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         height, width = image.shape[:2]
-        truth = detector.pseudo_truth(image)
+        truth = detector.detect(image).road_users()
         xyxy = truth.xyxy / np.array([width, height, width, height], dtype=np.float64)
         cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
         items.append(LabelledImage(path, truth.classes, cxcywh))

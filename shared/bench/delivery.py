@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_node.store import EdgeStore
-from shared.service.feed import DetectionFeed
+from icmh.edge.store import EdgeStore
+from icmh.service.feed import DetectionFeed
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -11,30 +11,14 @@ AP is averaged over the 10 IoU thresholds and over the classes that have ground 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from icmh.detector import Boxes
+
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
-
-
-@dataclass
-class Boxes:
-    """Boxes of one image: ``xyxy`` (n, 4) in pixels, ``classes`` (n,), ``scores`` (n,) for detections."""
-
-    xyxy: np.ndarray
-    classes: np.ndarray
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-    def __post_init__(self) -> None:
-        self.xyxy = np.asarray(self.xyxy, dtype=np.float64).reshape(-1, 4)
-        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
-        if len(self.scores) == 0:
-            self.scores = np.ones(len(self.classes))
-        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        if not len(self.xyxy) == len(self.classes) == len(self.scores):
-            raise ValueError("xyxy, classes and scores must have the same length")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """Edge residual policies, lazy vs eager: sustained capture fps, storage per hour, inspection latency.
 
 Per frame size and policy, the first ``frames`` frames of the street camera video (resized) go
-through the edge's own capture code (:meth:`edge_node.capture.CaptureLoop.code`) into a real
-:class:`edge_node.store.EdgeStore` in a temporary folder. Capture time = coding + the store's
+through the edge's own capture code (:meth:`icmh.edge.capture.CaptureLoop.code`) into a real
+:class:`icmh.edge.store.EdgeStore` in a temporary folder. Capture time = coding + the store's
 SQLite transaction; sustained fps = 1 / its mean (one more frame first, untimed, as a warm-up).
 Storage = bytes the inspection store keeps per frame (kept frame + its base layer, + the residual
 layer under eager), and per hour at 1 fps and at the sustained fps. Inspection latency = the edge's
-answer to a layer request (:class:`edge_node.layers.InspectionLayers`: a store read, or coding the
+answer to a layer request (:class:`icmh.edge.layers.InspectionLayers`: a store read, or coding the
 residual under lazy) plus the cloud's exact decode of the frame; network time is not included.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_node.capture import RESIDUAL_POLICIES, CaptureLoop
-from edge_node.layers import InspectionLayers
-from edge_node.metrics import EdgeMetrics
-from edge_node.store import EdgeStore, StoreLimits
-from shared.codec.api import ScalableCodec
+from icmh.codec.api import ScalableCodec
+from icmh.edge.capture import RESIDUAL_POLICIES, CaptureLoop
+from icmh.edge.layers import InspectionLayers
+from icmh.edge.metrics import EdgeMetrics
+from icmh.edge.store import EdgeStore, StoreLimits
 
 from .datasets import TRAFFIC_VIDEO, read_video_frames
 from .lineup import set_threads

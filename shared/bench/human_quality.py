@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pytorch_msssim import ms_ssim
 
-from shared.service.images import psnr
+from icmh.service.images import psnr
 
 from ..media import read_rgb
 from .curves import Evaluate, bd_rate_table, measure_curve

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.codec import classical_residual
-from shared.codec.api import BaseEncoding, ScalableCodec
-from shared.codec.weights import LAYER_FILES, SHIPPED_DIR, LoadedModel, load_layer
+from icmh.codec import classical_residual
+from icmh.codec.api import BaseEncoding, ScalableCodec
+from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR, LoadedModel, load_layer
 
 from .curves import Coded, RateSweep
 

@@ -15,7 +15,7 @@ from .learned import LEARNED, LearnedCodecs, learned_sweeps, load_learned
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """Flags every benchmark takes (see :mod:`shared.bench.cli`)."""
+    """Flags every benchmark takes (see :mod:`icmh.bench.cli`)."""
 
     weights: Path | None
     shared: Path

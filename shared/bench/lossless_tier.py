@@ -1,7 +1,7 @@
 """Lossless evidence layer: its size against PNG and lossless WebP of the original, on Kodak and traffic frames.
 
 Per image: the base layer at ``base_rate`` and each residual layer (PR, FR, AVIF) at R; then the
-lossless layer by both methods of :mod:`shared.codec.lossless` (``webp-ll-frame``: the frame
+lossless layer by both methods of :mod:`icmh.codec.lossless` (``webp-ll-frame``: the frame
 itself; ``webp-ll-residual``: the wrapped residual to the human image of that mode), every one
 decoded back and checked pixel for pixel. Anchors: PNG of the frame (OpenCV, compression 9) and
 lossless WebP of the frame at three libwebp efforts (fast = the edge store's, small = the
@@ -19,9 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from shared.codec import classical_residual, lossless
-from shared.codec.api import ScalableCodec
-from shared.codec.weights import LAYER_FILES, SHIPPED_DIR, load_layer
+from icmh.codec import classical_residual, lossless
+from icmh.codec.api import ScalableCodec
+from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR, load_layer
 
 from ..media import iter_video_frames, read_rgb
 from .datasets import KODAK, TRAFFIC_VIDEO, list_images

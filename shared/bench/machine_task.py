@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from icmh.detector import EVALUATION_ARGS, TRUTH_SCORE, YoloDetector
+
 from ..media import read_rgb
 from .curves import Evaluate, bd_rate_table, measure_curve
 from .datasets import (
@@ -25,7 +27,6 @@ from .datasets import (
     load_pseudo_labelled_frames,
 )
 from .detection_map import mean_average_precision
-from .detector import PREDICT_ARGS, PSEUDO_LABEL_SCORE, Detector
 from .lineup import BenchOptions, Lineup, build_lineup, set_threads
 from .report import figure, plot_rate_curves, run_metadata, save_figure, write_json
 
@@ -33,7 +34,7 @@ MACHINE_CODECS = ("sa-icm", "single")
 METRICS = {"map50_95": "mAP50-95", "map50": "mAP50"}
 
 
-def detection_evaluator(detector: Detector, items: Sequence[LabelledImage], classes: Sequence[int]) -> Evaluate:
+def detection_evaluator(detector: YoloDetector, items: Sequence[LabelledImage], classes: Sequence[int]) -> Evaluate:
     """Detect on each decoded image and score the set with COCO-style mAP over ``classes``."""
 
     def evaluate(decoded: Iterator[tuple[int, np.ndarray]]) -> dict[str, float]:
@@ -55,7 +56,7 @@ def run_machine(options: BenchOptions, datasets: Sequence[str], detector_path: P
         raise ValueError(f"unknown dataset(s) {unknown}; known: {known}")
     set_threads(options.threads)
     lineup = build_lineup(options, MACHINE_CODECS)
-    detector = Detector(detector_path or options.shared / "models" / "yolov8n.pt")
+    detector = YoloDetector.for_evaluation(detector_path or options.shared / "models" / "yolov8n.pt")
     written = []
     with tempfile.TemporaryDirectory(prefix="icmh-machine-") as scratch:  # frame files of the video set
         for dataset in datasets:
@@ -63,13 +64,13 @@ def run_machine(options: BenchOptions, datasets: Sequence[str], detector_path: P
     return written
 
 
-def _run_dataset(options: BenchOptions, dataset: str, lineup: Lineup, detector: Detector,
+def _run_dataset(options: BenchOptions, dataset: str, lineup: Lineup, detector: YoloDetector,
                  scratch: Path) -> list[Path]:
     written = []
     if dataset == TRAFFIC_CAMS:
         items, classes = load_pseudo_labelled_frames(options.shared, detector, scratch / dataset, options.limit)
         source = "held-out tail of ../shared/data/traffic/*.mp4"
-        truth = f"yolov8n on the originals, score >= {PSEUDO_LABEL_SCORE}"
+        truth = f"yolov8n on the originals, score >= {TRUTH_SCORE}"
     else:
         items, classes = load_detection_set(options.shared, dataset, options.limit)
         source, truth = str(options.shared / DETECTION_SETS[dataset][0]), "dataset labels"
@@ -84,7 +85,7 @@ def _run_dataset(options: BenchOptions, dataset: str, lineup: Lineup, detector: 
         "dataset": dataset,
         "meta": run_metadata(options.command, len(paths), options.threads, {
             "weights": lineup.learned.describe(),
-            "detector": {"checkpoint": str(detector.checkpoint), **PREDICT_ARGS},
+            "detector": {"checkpoint": str(detector.checkpoint), **EVALUATION_ARGS},
             "images": source,
             "ground_truth": truth,
         }),

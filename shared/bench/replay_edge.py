@@ -1,10 +1,10 @@
 """A simulated camera for ``icmh bench scale``: pre-encoded frames replayed through the edge node's real link.
 
 :func:`write_clip` codes a few frames of a video once (base + residual layer, and the ``Hello`` naming the
-codec). Each simulated camera is then a small process, ``python -m shared.bench.replay_edge``, that does what
+codec). Each simulated camera is then a small process, ``python -m icmh.bench.replay_edge``, that does what
 an ``edge-node`` does minus the camera and the codec: every 1/fps seconds the next clip frame gets a frame id
-in a real :class:`~edge_node.store.EdgeStore` (capture time = now) and goes out through the edge's own
-:class:`~edge_node.link.CloudLink` (Hello, window of unacked packets, acks, resends after a reconnect, residual
+in a real :class:`~icmh.edge.store.EdgeStore` (capture time = now) and goes out through the edge's own
+:class:`~icmh.edge.link.CloudLink` (Hello, window of unacked packets, acks, resends after a reconnect, residual
 requests answered). It imports neither torch nor OpenCV, so many fit on one small machine. After ``--frames``
 frames it keeps the link up until SIGTERM / SIGINT, like ``edge-node --max-frames``.
 """
@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_node.link import CloudLink, LinkSettings
-from edge_node.metrics import EdgeMetrics
-from edge_node.rate_control import RateControl
-from edge_node.store import EdgeStore, OutboxFull
-from shared.rpc import edge_pb2
-from shared.service.process import configure_logging, on_termination
+from icmh.edge.link import CloudLink, LinkSettings
+from icmh.edge.metrics import EdgeMetrics
+from icmh.edge.rate_control import RateControl
+from icmh.edge.store import EdgeStore, OutboxFull
+from icmh.rpc import edge_pb2
+from icmh.service.process import configure_logging, on_termination
 
 if TYPE_CHECKING:
-    from shared.codec.api import ScalableCodec
+    from icmh.codec.api import ScalableCodec
 
 log = logging.getLogger("icmh.bench.replay_edge")
 
@@ -47,8 +47,8 @@ class Clip:
 def write_clip(folder: Path, codec: ScalableCodec, source: str | Path, size: tuple[int, int], count: int,
                rate: float, residual_rate: float) -> Clip:
     """Code the first ``count`` frames of ``source`` at ``size`` into ``folder``; returns the clip."""
-    from edge_node.node import make_hello
-    from edge_node.source import FrameSource
+    from icmh.edge.node import make_hello
+    from icmh.edge.source import FrameSource
 
     folder.mkdir(parents=True, exist_ok=True)
     frames = FrameSource(str(source), size=size, max_frames=count)
@@ -98,7 +98,7 @@ def replay(clip: Clip, store: EdgeStore, link: CloudLink, fps: float, frames: in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shared.bench.replay_edge", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m icmh.bench.replay_edge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--camera-id", required=True)
     p.add_argument("--token", default=os.environ.get("ICMH_EDGE_TOKEN"), help="default: $ICMH_EDGE_TOKEN")

@@ -1,7 +1,7 @@
 """Scale benchmark: 1, 4, 16 ... simulated cameras against one ``cloud-server`` process on this machine.
 
 Each configuration gets a fresh cloud on 127.0.0.1 and one process per camera, each sending ``fps`` frames/s
-for ``seconds`` s. By default a camera is a :mod:`~shared.bench.replay_edge` process: pre-encoded base and
+for ``seconds`` s. By default a camera is a :mod:`~icmh.bench.replay_edge` process: pre-encoded base and
 residual layers of the video replayed through the edge node's real link code (``CloudLink`` + ``EdgeStore``)
 without torch, because 16 ``edge-node`` processes each coding 640x360 frames would need far more than two
 cores and would measure edge coding instead of the cloud. ``--edge node`` runs real ``edge-node`` processes.
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.rpc import operator_pb2, operator_pb2_grpc
-from shared.service.grpc_setup import open_channel
-from shared.service.local import LOOPBACK, LocalServices, ServiceProcess
+from icmh.rpc import operator_pb2, operator_pb2_grpc
+from icmh.service.grpc_setup import open_channel
+from icmh.service.local import LOOPBACK, LocalServices, ServiceProcess
 
 from .delivery import Delivery
 from .procmon import ProcessMonitor
@@ -46,7 +46,7 @@ def _launch_edges(services: LocalServices, options: StreamOptions, kind: str, ca
     for camera in cameras:
         if kind == "replay":
             name = f"edge-{camera}"
-            edges.append(services.launch(name, "shared.bench.replay_edge", [
+            edges.append(services.launch(name, "icmh.bench.replay_edge", [
                 "--camera-id", camera, "--cloud", f"{LOOPBACK}:{port}", "--clip", str(clip), "--fps", str(options.fps),
                 "--frames", str(frames), "--data-dir", str(services.workdir / name),
             ], env={"ICMH_EDGE_TOKEN": token(camera)}))

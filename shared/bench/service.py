@@ -18,9 +18,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from shared.rpc import edge_pb2, operator_pb2, operator_pb2_grpc
-from shared.service.grpc_setup import open_channel
-from shared.service.local import LOOPBACK, LocalServices
+from icmh.rpc import edge_pb2, operator_pb2, operator_pb2_grpc
+from icmh.service.grpc_setup import open_channel
+from icmh.service.local import LOOPBACK, LocalServices
 
 from .delivery import Delivery, stats
 from .procmon import ProcessMonitor

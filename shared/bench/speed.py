@@ -23,11 +23,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from shared.service.images import decode_png
+from icmh.detector import EVALUATION_ARGS, YoloDetector
+from icmh.service.images import decode_png
 
 from .classical import OPENCV_FORMATS, opencv_encode
 from .datasets import TRAFFIC_VIDEO, read_video_frames
-from .detector import PREDICT_ARGS, Detector
 from .learned import LearnedCodecs, load_learned
 from .lineup import BenchOptions, set_threads
 from .report import figure, run_metadata, save_figure, write_json
@@ -96,7 +96,7 @@ def time_stage(stage: Stage, count: int) -> tuple[list[Any], dict[str, float]]:
                      "fps": round(1.0 / mean, 3) if mean > 0 else None}
 
 
-def _stages(frames: list[np.ndarray], learned: LearnedCodecs, rate: float, detector: Detector) -> list[Stage]:
+def _stages(frames: list[np.ndarray], learned: LearnedCodecs, rate: float, detector: YoloDetector) -> list[Stage]:
     """Stages in dependency order; a stage reads the outputs of earlier ones from ``results``."""
     results: dict[str, list[Any]] = {}
     base = learned.codec("sa-icm")
@@ -133,7 +133,7 @@ def _recording(stage: Stage, results: dict[str, list[Any]]) -> Stage:
     return Stage(stage.name, run, stage.encodes)
 
 
-def benchmark_size(frames: list[np.ndarray], learned: LearnedCodecs, rate: float, detector: Detector) -> dict:
+def benchmark_size(frames: list[np.ndarray], learned: LearnedCodecs, rate: float, detector: YoloDetector) -> dict:
     """Timing, coded size and memory of every stage on ``frames`` (all of one size) at ``rate``."""
     stages = {}
     for stage in _stages(frames, learned, rate, detector):
@@ -164,7 +164,7 @@ def run_speed(
     """Time every stage at each frame size and rate; returns the JSON and PNG files written."""
     set_threads(options.threads)
     learned = load_learned(options.weights, SPEED_CODECS)
-    detector = Detector(detector_path or options.shared / "models" / "yolov8n.pt")
+    detector = YoloDetector.for_evaluation(detector_path or options.shared / "models" / "yolov8n.pt")
     source = read_video_frames(options.shared / TRAFFIC_VIDEO, frames)
     runs = []
     for width, height in sizes:
@@ -178,7 +178,7 @@ def run_speed(
         "benchmark": "speed",
         "meta": run_metadata(options.command, len(source), options.threads, {
             "weights": learned.describe(), "video": str(options.shared / TRAFFIC_VIDEO),
-            "detector": {"checkpoint": str(detector.checkpoint), **PREDICT_ARGS},
+            "detector": {"checkpoint": str(detector.checkpoint), **EVALUATION_ARGS},
         }),
         "protocol": f"{len(source)} frames per size, one untimed warm-up per stage, torch and OpenCV threads = "
                     f"{options.threads}; JPEG/WebP via OpenCV at quality {CLASSICAL_QUALITY}, RGB in and out like "

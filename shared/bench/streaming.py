@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.service.feed import DetectionFeed
-from shared.service.local import LocalServices, ServiceProcess
+from icmh.service.feed import DetectionFeed
+from icmh.service.local import LocalServices, ServiceProcess
 
 from .delivery import read_jsonl
 from .report import run_metadata
@@ -24,7 +24,7 @@ RESIDUAL_CODECS = {"pr": "pr-icmh", "fr": "fr-icmh"}
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """Flags of ``bench service`` and ``bench scale`` (see :mod:`shared.bench.cli`)."""
+    """Flags of ``bench service`` and ``bench scale`` (see :mod:`icmh.bench.cli`)."""
 
     weights: Path | None
     shared: Path

@@ -4,8 +4,8 @@ Images are ``uint8`` arrays of shape (H, W, 3) in RGB order. A frame is coded in
 two layers (Tatsumi et al., "Explicit Residual-Based Scalable Image Coding for
 Humans and Machines"): the SA-ICM base layer, always sent, decodes to the
 machine image x̂_m; the residual layer (PR-ICMH by default, FR-ICMH, or the classical
-AVIF baseline of :mod:`shared.codec.classical_residual`) refines it into the human
-image x̂. The optional lossless layer (:mod:`shared.codec.lossless`) gives back the
+AVIF baseline of :mod:`icmh.codec.classical_residual`) refines it into the human
+image x̂. The optional lossless layer (:mod:`icmh.codec.lossless`) gives back the
 captured frame pixel for pixel (the evidence tier).
 """
 

@@ -13,7 +13,7 @@
 
 ``forward`` (training, likelihoods), ``compress`` and ``decompress`` share the
 same shapes, as in CompressAI. Rates are selected per sample by the rate index
-``q`` (see :mod:`shared.codec.rate`).
+``q`` (see :mod:`icmh.codec.rate`).
 """
 
 from __future__ import annotations

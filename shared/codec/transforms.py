@@ -4,7 +4,7 @@ Layout follows Minnen & Singh, "Channel-wise autoregressive entropy models for
 learned image compression" (ICIP 2020), the entropy model SA-ICM (Shindo et al.,
 ICIP 2024) and the residual codecs of Tatsumi et al. build on, scaled down to
 run on two CPU cores. Everything the decoder computes uses the exact layers of
-:mod:`shared.codec.exact`; only the encoder-side analysis transforms are plain
+:mod:`icmh.codec.exact`; only the encoder-side analysis transforms are plain
 float convolutions.
 """
 

@@ -22,7 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from shared.rpc import common_pb2 as icmh_dot_v1_dot_common__pb2
+from icmh.rpc import common_pb2 as icmh_dot_v1_dot_common__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18icmh/v1/detections.proto\x12\x07icmh.v1\x1a\x14icmh/v1/common.proto\"S\n\x10SubscribeRequest\x12\x12\n\ncamera_ids\x18\x01 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x02\x32P\n\nDetections\x12\x42\n\tSubscribe\x12\x19.icmh.v1.SubscribeRequest\x1a\x18.icmh.v1.DetectionResult0\x01\x62\x06proto3')

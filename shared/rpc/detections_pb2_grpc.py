@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from shared.rpc import common_pb2 as icmh_dot_v1_dot_common__pb2
-from shared.rpc import detections_pb2 as icmh_dot_v1_dot_detections__pb2
+from icmh.rpc import common_pb2 as icmh_dot_v1_dot_common__pb2
+from icmh.rpc import detections_pb2 as icmh_dot_v1_dot_detections__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

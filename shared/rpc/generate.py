@@ -1,8 +1,8 @@
 """Regenerate the Python gRPC code in ``shared/rpc`` from ``proto/icmh/v1/*.proto``.
 
-``python -m shared.rpc.generate`` rewrites the generated modules; ``--check`` only
+``python -m icmh.rpc.generate`` rewrites the generated modules; ``--check`` only
 reports whether they are stale (exit status 1). Needs ``grpcio-tools`` (dev extra).
-Imports between generated modules are rewritten to ``shared.rpc.xxx_pb2``.
+Imports between generated modules are rewritten to ``icmh.rpc.xxx_pb2``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def generate_sources() -> dict[str, str]:
             source = path.read_text()
             if path.name.endswith("_pb2_grpc.py") and "class " not in source:
                 continue  # a .proto without services
-            out[path.name] = _IMPORT.sub("from shared.rpc import ", source)
+            out[path.name] = _IMPORT.sub("from icmh.rpc import ", source)
     return out
 
 
@@ -71,7 +71,7 @@ def write(target: Path = RPC_DIR) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.rpc.generate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m icmh.rpc.generate", description=__doc__)
     parser.add_argument("--check", action="store_true", help="only report stale generated code (exit 1)")
     args = parser.parse_args(argv)
     if args.check:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in stale:
             print(f"stale: shared/rpc/{name}")
         if stale:
-            print("run: python -m shared.rpc.generate", file=sys.stderr)
+            print("run: python -m icmh.rpc.generate", file=sys.stderr)
         return 1 if stale else 0
     for name in write():
         print(f"wrote shared/rpc/{name}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from shared.rpc import common_pb2
+from icmh.rpc import common_pb2
 
 CONFIG_FIELDS = ("base_rate", "residual_rate", "target_kbps")
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from shared.rpc import common_pb2, detections_pb2, detections_pb2_grpc
+from icmh.rpc import common_pb2, detections_pb2, detections_pb2_grpc
 
 from .grpc_setup import channel_options, with_token
 from .local import LOOPBACK

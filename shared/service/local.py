@@ -123,7 +123,7 @@ class LocalServices:
             argv += ["--weights", str(weights)]
         if detections_jsonl is not None:
             argv += ["--detections-jsonl", str(detections_jsonl)]
-        cloud = self.launch(name, "cloud_server.cli", [*argv, *extra])
+        cloud = self.launch(name, "icmh.cloud.cli", [*argv, *extra])
         self.wait_for(lambda: ready.exists() and ready.read_text().endswith("\n"), timeout, f"the {name} to serve")
         return cloud, int(ready.read_text())
 
@@ -136,7 +136,7 @@ class LocalServices:
                 "--data-dir", str(self.workdir / name), "--metrics-port", "0", "--threads", str(threads)]
         if weights is not None:
             argv += ["--weights", str(weights)]
-        return self.launch(name, "edge_node.cli", [*argv, *extra], env={"ICMH_EDGE_TOKEN": token})
+        return self.launch(name, "icmh.edge.cli", [*argv, *extra], env={"ICMH_EDGE_TOKEN": token})
 
     def check(self) -> None:
         """Raise :class:`ServiceError` if a process has exited (with the end of its log)."""

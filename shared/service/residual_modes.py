@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.rpc import common_pb2
+from icmh.rpc import common_pb2
 
 PROTO_OF_MODE = {"pr": common_pb2.RESIDUAL_MODE_PR, "fr": common_pb2.RESIDUAL_MODE_FR,
                  "avif": common_pb2.RESIDUAL_MODE_AVIF}

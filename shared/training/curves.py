@@ -1,5 +1,5 @@
 """Plots of training runs: one run's curves (log.csv, val.csv) to curves.png, and the detector-based
-validation of several runs side by side (``python -m shared.training.curves OUT.png NAME=RUN_DIR ...``)."""
+validation of several runs side by side (``python -m icmh.training.curves OUT.png NAME=RUN_DIR ...``)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,6 @@ def compare_detection(runs: dict[str, Path], out: Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:
-        raise SystemExit("usage: python -m shared.training.curves OUT.png NAME=RUN_DIR [NAME=RUN_DIR ...]")
+        raise SystemExit("usage: python -m icmh.training.curves OUT.png NAME=RUN_DIR [NAME=RUN_DIR ...]")
     pairs = dict(arg.split("=", 1) for arg in sys.argv[2:])
     print(compare_detection({k: Path(v) for k, v in pairs.items()}, Path(sys.argv[1])))

@@ -23,12 +23,9 @@ class DetectorFeatureLoss(nn.Module):
 
     def __init__(self, checkpoint: Path) -> None:
         super().__init__()
-        from ..bench.detector import configure_offline
+        from ..detector import load_yolo
 
-        configure_offline()
-        from ultralytics import YOLO
-
-        layers = YOLO(str(checkpoint)).model.model
+        layers = load_yolo(checkpoint).model.model
         if any(getattr(layer, "f", -1) != -1 for layer in layers[: max(FEATURE_LAYERS) + 1]):
             raise ValueError(f"{checkpoint}: backbone is not a plain chain of layers")
         self.backbone = nn.ModuleList(layers[: max(FEATURE_LAYERS) + 1]).float().eval()

@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..detector import YoloDetector
 from .data import Sample
 
 BOX_ENLARGE = 1.2
@@ -47,20 +48,6 @@ def edge_mask(image: np.ndarray, dilate: int = 3) -> np.ndarray:
     edges = cv2.Canny(gray, int(max(0, 0.66 * median)), int(min(255, 1.33 * median + 20)))
     kernel = np.ones((dilate, dilate), np.uint8)
     return (cv2.dilate(edges, kernel) > 0).astype(np.uint8)
-
-
-class YoloBoxes:
-    """Boxes from an Ultralytics YOLO checkpoint (all classes, conf >= 0.25)."""
-
-    def __init__(self, weights: Path, conf: float = 0.25) -> None:
-        from ultralytics import YOLO
-
-        self.model = YOLO(str(weights))
-        self.conf = conf
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        result = self.model.predict(image[:, :, ::-1], conf=self.conf, verbose=False, imgsz=640)[0]
-        return result.boxes.xyxy.cpu().numpy().reshape(-1, 4)
 
 
 class SamBoundaries:
@@ -99,14 +86,14 @@ def make_provider(name: str, detector: Path | None = None, sam_checkpoint: Path 
         sam = SamBoundaries(sam_checkpoint)
         return lambda s: sam(s.image)
     if name in ("boxes", "boxes+edges"):
-        yolo = YoloBoxes(detector) if detector is not None else None
+        yolo = YoloDetector(detector) if detector is not None else None
 
         def boxes(s: Sample) -> np.ndarray:
             b = s.boxes
             if b is None:
                 if yolo is None:
                     raise ValueError(f"{s.key} has no labels and no detector was given")
-                b = yolo(s.image)
+                b = yolo.detect(s.image).xyxy
             m = boxes_to_mask(b, *s.image.shape[:2])
             return np.maximum(m, edge_mask(s.image)) if name == "boxes+edges" else m
 

@@ -8,7 +8,7 @@ Losses (λ·255² scaling as in CompressAI; bits per pixel of the image):
 * single: R(y) + R(z) + λ·mse(x, x̂)                 (single-layer reference)
 
 λ is drawn per sample through the rate index q (variable-rate training, see
-:mod:`shared.codec.rate`). Checkpoints are written atomically every
+:mod:`icmh.codec.rate`). Checkpoints are written atomically every
 ``checkpoint_minutes`` and at the end; a run resumes from ``last.pt``.
 """
 
@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from ..codec.exact import exact_arithmetic
 from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model
 from ..codec.rate import RATE_STEPS, lambda_for_index
 from ..codec.weights import LoadedModel, load_layer, load_state, prepare
+from ..paths import data_root
 from .data import CropSampler, load_detection_monitor_set, load_training_set
 from .detector_features import DetectorFeatureLoss
 from .masks import cached_masks
@@ -45,7 +46,7 @@ DEFAULT_LAMBDAS = {"base": (0.002, 0.06), "pr": (0.002, 0.05), "fr": (0.002, 0.0
 class TrainConfig:
     kind: str  # base | pr | fr | single
     out_dir: Path
-    shared_dir: Path = Path("../shared")
+    shared_dir: Path = field(default_factory=data_root)
     architecture: str | None = None
     base_weights: Path | None = None  # frozen base (pr / fr)
     mask_provider: str = "boxes"
@@ -334,16 +335,16 @@ class DetectionMonitor:
     """
 
     def __init__(self, shared_dir: Path, checkpoint: Path) -> None:
-        from ..bench.detector import Detector
+        from ..detector import YoloDetector
 
-        self.detector = Detector(checkpoint)
+        self.detector = YoloDetector.for_evaluation(checkpoint)
         self.images = [s.image for s in load_detection_monitor_set(shared_dir).samples]
-        self.truths = [self.detector.pseudo_truth(image) for image in self.images]
+        self.truths = [self.detector.detect(image).road_users() for image in self.images]
         print(f"detection monitor: {len(self.images)} images, {sum(len(t.classes) for t in self.truths)} objects")
 
     def evaluate(self, codec) -> dict[str, float]:  # noqa: ANN001 - ScalableCodec (imported lazily)
         from ..bench.detection_map import mean_average_precision
-        from ..bench.detector import ROAD_USERS
+        from ..detector import ROAD_USERS
 
         rows: dict[str, float] = {}
         curve = []
