@@ -37,5 +37,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=120s CMD python -c "impor
 from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
 c = grpc.insecure_channel('127.0.0.1:50051'); \
 s = g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=3).status; sys.exit(s != h.HealthCheckResponse.SERVING)"
-ENTRYPOINT ["cloud-server", "--listen", "0.0.0.0:50051", "--data-dir", "/data", "--metrics-port", "9102", \
+ENTRYPOINT ["icmh-cloud", "--listen", "0.0.0.0:50051", "--data-dir", "/data", "--metrics-port", "9102", \
             "--detector", "/models/yolov8n.pt"]

@@ -291,8 +291,5 @@ class OperatorRegistry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def camera_lists(self) -> dict[str, frozenset[str]]:
-        return {e.name: e.cameras for e in self._entries.values() if e.cameras is not None}
-
     def __len__(self) -> int:
         return len(self._entries)

@@ -16,7 +16,7 @@ MIB = 1024 * 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloud-server", description=__doc__)
+    p = argparse.ArgumentParser(prog="icmh-cloud", description=__doc__)
     p.add_argument("--listen", default="127.0.0.1:50051",
                    help="host:port to serve on (port 0: any free port; 0.0.0.0:PORT for every interface)")
     p.add_argument("--data-dir", type=Path, default=Path("cloud-data"), help="folder of frames.db (frame index)")
@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--retention-days", type=float, default=7.0, help="keep frames this long (0: forever)")
     out.add_argument("--retention-gb", type=float, default=10.0, help="base-layer bytes kept at most (0: no limit)")
     out.add_argument("--cache-frames", type=int, default=64, help="decoded frames kept for repeated inspection")
+    rep = p.add_argument_group("replicas (several cloud servers sharing one PostgreSQL index)")
+    rep.add_argument("--replica-id", help="this server's replica id, stable across restarts (e.g. the pod name); "
+                                          "cameras are spread over the replicas of one index by leases")
+    rep.add_argument("--advertise-address", metavar="HOST:PORT",
+                     help="where edges and the other replicas reach this replica (default: the --listen host with "
+                          "the bound port; required when listening on every interface)")
+    rep.add_argument("--lease-seconds", type=float, default=15.0,
+                     help="camera lease: a dead replica's cameras move after this long")
+    rep.add_argument("--replica-token-file", type=Path,
+                     help="file holding the replicas' shared credential (default: $ICMH_REPLICA_TOKEN)")
+    rep.add_argument("--replica-tls-ca", type=Path, help="CA of the other replicas' certificates (with TLS)")
     tls = p.add_argument_group("TLS")
     tls.add_argument("--tls-cert", type=Path, help="server certificate (enables TLS)")
     tls.add_argument("--tls-key", type=Path, help="server key")
@@ -90,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
+        replica_token = (args.replica_token_file.read_text().strip() if args.replica_token_file
+                         else os.environ.get("ICMH_REPLICA_TOKEN") or None)
         settings = CloudSettings(
             cameras=CameraRegistry.load(args.cameras_file, args.camera), data_dir=args.data_dir,
             operators=OperatorRegistry.load(args.operators_file, args.operator),
@@ -104,16 +117,18 @@ def main(argv: list[str] | None = None) -> int:
             residual_timeout_s=args.residual_timeout, retention_age_s=args.retention_days * 86400,
             retention_bytes=int(args.retention_gb * 1024**3), cache_frames=args.cache_frames,
             max_workers=args.max_workers, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
+            replica_id=args.replica_id, advertise_address=args.advertise_address, lease_s=args.lease_seconds,
+            replica_token=replica_token, replica_tls_ca=args.replica_tls_ca,
         )
         server = CloudServer(settings)
     except (ValueError, FileNotFoundError, BitstreamError, OSError) as exc:
-        print(f"cloud-server: error: {exc}", file=sys.stderr)
+        print(f"icmh-cloud: error: {exc}", file=sys.stderr)
         return 2
     try:
         port = server.start()
     except OSError as exc:  # the metrics port, bound first
         server.stop(grace=0)
-        print(f"cloud-server: error: metrics endpoint {args.metrics_addr}:{args.metrics_port}: "
+        print(f"icmh-cloud: error: metrics endpoint {args.metrics_addr}:{args.metrics_port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     stop = threading.Event()

@@ -3,7 +3,10 @@
 Per stream: check the Hello (camera, token, codec, frame size), then one reader thread
 admits base packets in order (validate -> commit to the frame index -> ack) and hands
 residual answers to the waiting operator requests, while the handler sends acks,
-residual requests and config changes back.
+residual requests and config changes back. One of several replicas on a shared index
+first claims the camera's lease (:mod:`icmh.cloud.replicas`) and sends an edge whose camera
+another replica holds to that replica (``UNAVAILABLE`` with the redirect metadata of
+:mod:`icmh.service.replica_redirect`), also when it loses the lease of a connected camera.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from icmh.codec.bitstream import MAX_SIDE, BitstreamError
 from icmh.codec.rate import RATE_STEPS
 from icmh.rpc import edge_pb2, edge_pb2_grpc
 from icmh.service.edge_config import config_to_proto
+from icmh.service.replica_redirect import redirect_metadata
 from icmh.service.residual_modes import MODE_OF_PROTO
 from icmh.service.timestamps import from_timestamp
 
@@ -27,7 +31,9 @@ from .auth import AuthError, CameraRegistry
 from .codecs import CloudCodecs
 from .edge_sessions import EdgeSession, EdgeSessions
 from .frame_index import Admission, FrameIndex
+from .leases import Holder
 from .metrics import CloudMetrics
+from .replicas import ReplicaCoordinator
 
 log = logging.getLogger("icmh.cloud.edges")
 Ack = edge_pb2.Ack
@@ -35,9 +41,11 @@ Ack = edge_pb2.Ack
 
 class EdgeLinkService(edge_pb2_grpc.EdgeLinkServicer):
     def __init__(self, registry: CameraRegistry, codecs: CloudCodecs, index: FrameIndex, sessions: EdgeSessions,
-                 metrics: CloudMetrics, on_frame: Callable[[], None], max_packet_bytes: int) -> None:
+                 metrics: CloudMetrics, on_frame: Callable[[], None], max_packet_bytes: int,
+                 replicas: ReplicaCoordinator | None = None) -> None:
         self.registry, self.codecs, self.index, self.sessions = registry, codecs, index, sessions
         self.metrics, self.on_frame, self.max_packet_bytes = metrics, on_frame, max_packet_bytes
+        self.replicas = replicas  # None: the only server of its index
 
     def Connect(self, request_iterator: Iterator[edge_pb2.EdgeMessage],  # noqa: N802 - gRPC method name
                 context: grpc.ServicerContext) -> Iterator[edge_pb2.CloudMessage]:
@@ -51,6 +59,9 @@ class EdgeLinkService(edge_pb2_grpc.EdgeLinkServicer):
         try:
             while (message := session.outgoing.get()) is not None:
                 yield message
+            holder = self.replicas.lost(session.camera_id) if self.replicas is not None else None
+            if holder is not None:
+                self._redirect(context, session.camera_id, holder, "this replica lost its lease")
         finally:
             self._close(session)
 
@@ -77,6 +88,10 @@ class EdgeLinkService(edge_pb2_grpc.EdgeLinkServicer):
         reason = self.codecs.incompatibility(hello.codec, mode)
         if reason:
             self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, f"camera {hello.camera_id}: {reason}")
+        if self.replicas is not None:
+            holder = self.replicas.claim(hello.camera_id)
+            if holder is not None:
+                self._redirect(context, hello.camera_id, holder, "another replica holds it")
         camera = self.index.register_camera(hello.camera_id, hello.frame_width, hello.frame_height, mode)
         session = EdgeSession(hello.camera_id, mode, hello.frame_width, hello.frame_height)
         if self.sessions.open(session) is not None:
@@ -94,6 +109,18 @@ class EdgeLinkService(edge_pb2_grpc.EdgeLinkServicer):
         self.metrics.errors.labels(kind).inc()
         log.warning("refused %s: %s", context.peer(), message)
         context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
+
+    def _redirect(self, context: grpc.ServicerContext, camera_id: str, holder: Holder, why: str) -> NoReturn:
+        """End the call with UNAVAILABLE, naming the replica that holds the camera's lease (if known)."""
+        if holder.address:
+            context.set_trailing_metadata(redirect_metadata(holder.address, holder.replica_id, holder.remaining_s))
+            message = (f"camera {camera_id} streams to replica {holder.replica_id} at {holder.address} ({why}; "
+                       f"lease valid for {holder.remaining_s:.1f} s more): connect there")
+        else:
+            message = f"camera {camera_id}: {why}; try another replica"
+        log.info("%s", message)
+        context.abort(grpc.StatusCode.UNAVAILABLE, message)
         raise AssertionError("unreachable: abort raises")
 
     def _close(self, session: EdgeSession) -> None:

@@ -216,10 +216,12 @@ class FrameIndex:
         )
         return [(_record(r[:-1]), bytes(r[-1])) for r in rows]
 
-    def record_results(self, results: list[FrameResult]) -> None:
+    def record_results(self, results: list[FrameResult]) -> list[FrameResult]:
         """Store detection results; each newly detected frame becomes due to every sink of :attr:`sinks`
-        (published at once when there is none)."""
+        (published at once when there is none). Returns those stored now (not those another detector stored
+        first)."""
         state = FrameState.DETECTED if self.sinks else FrameState.PUBLISHED
+        stored_now = []
         with self._db.transaction() as db:
             for r in results:
                 stored = db.execute(
@@ -234,6 +236,8 @@ class FrameIndex:
                         " WHERE camera_id = ? AND frame_id = ?",
                         [(sink, r.camera_id, r.frame_id) for sink in self.sinks],
                     )
+                    stored_now.append(r)
+        return stored_now
 
     def mark_published(self, keys: list[tuple[str, int]]) -> None:
         """Publish frames by hand (whatever their state): no sink is owed them any more."""

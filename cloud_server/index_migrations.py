@@ -5,7 +5,9 @@
 refused. On PostgreSQL an advisory lock serialises replicas starting at the same time.
 
 Migration 1 is the schema of the SQLite index before versioning (``CREATE ... IF NOT EXISTS``), so an existing
-``frames.db`` is adopted as version 1 without change.
+``frames.db`` is adopted as version 1 without change. Migration 3 (replicas and camera leases) is used on
+PostgreSQL only (several cloud-server replicas, :mod:`icmh.cloud.leases`); SQLite gets the same tables, unused,
+so that both stores keep one version sequence.
 """
 
 from __future__ import annotations
@@ -65,9 +67,24 @@ CREATE TABLE deliveries (
 INSERT INTO deliveries (sink, seq, camera_id) SELECT 'jsonl', seq, camera_id FROM frames WHERE state = 1
 """
 
+# Several replicas on one index: each live cloud-server process (``incarnation``) heartbeats its ``replicas`` row;
+# a camera's edge streams to the holder of its lease, renewed with the heartbeat and taken over once expired.
+# Times are the database server's clock (ns since the epoch), so replicas' clocks do not matter.
+_REPLICAS = """
+CREATE TABLE replicas (
+    replica_id TEXT PRIMARY KEY, incarnation TEXT NOT NULL, address TEXT NOT NULL, sinks TEXT NOT NULL DEFAULT '[]',
+    started_ns BIGINT NOT NULL, expires_ns BIGINT NOT NULL);
+CREATE TABLE camera_leases (
+    camera_id TEXT PRIMARY KEY, replica_id TEXT NOT NULL, incarnation TEXT NOT NULL, address TEXT NOT NULL,
+    expires_ns BIGINT NOT NULL, acquired_ns BIGINT NOT NULL, online SMALLINT NOT NULL DEFAULT 0,
+    fps DOUBLE PRECISION NOT NULL DEFAULT 0);
+CREATE INDEX camera_leases_holder ON camera_leases (incarnation)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "cameras and frames", {"sqlite": _FRAMES_SQLITE, "postgresql": _FRAMES_POSTGRES}),
     Migration(2, "per-sink deliveries", {"sqlite": _DELIVERIES, "postgresql": _DELIVERIES}),
+    Migration(3, "replicas and camera leases", {"sqlite": _REPLICAS, "postgresql": _REPLICAS}),
 )
 LATEST = MIGRATIONS[-1].version
 

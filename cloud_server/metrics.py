@@ -57,3 +57,12 @@ class CloudMetrics:
                                         registry=r)
         self.publish_seconds = Histogram("icmh_cloud_publish_seconds", "Delivery of one batch to a sink", ["sink"],
                                          buckets=LATENCY_BUCKETS, registry=r)
+        # several replicas on one index (icmh.cloud.replicas): camera leases and calls routed between replicas
+        self.owned_cameras = Gauge("icmh_cloud_owned_cameras", "Cameras whose lease this replica holds", registry=r)
+        self.live_replicas = Gauge("icmh_cloud_replicas", "Live replicas sharing the frame index", registry=r)
+        self.lease_takeovers = Counter("icmh_cloud_lease_takeovers",
+                                       "Camera leases taken over after their holder let them expire", registry=r)
+        self.edge_redirects = Counter("icmh_cloud_edge_redirects",
+                                      "Edge streams refused and sent to the replica holding the camera", registry=r)
+        self.replica_calls = Counter("icmh_cloud_replica_calls", "Calls to the replica holding a camera's edge",
+                                     ["call", "outcome"], registry=r)

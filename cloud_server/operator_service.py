@@ -1,4 +1,10 @@
-"""``icmh.v1.Operator``: cameras, stored frames, inspection in machine or human quality, camera config."""
+"""``icmh.v1.Operator``: cameras, stored frames, inspection in machine or human quality, camera config.
+
+With several replicas on one index a call may reach a replica that does not hold the camera's edge stream: the
+camera's state comes from its lease, and the layers a HUMAN / ORIGINAL inspection needs (and config pushes) go
+through the replica holding the stream (:mod:`icmh.cloud.replica_routing`); authorisation, decoding and the
+audit row stay on the replica the operator called.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from .codecs import CloudCodecs
 from .edge_sessions import EdgeOffline, EdgeSessions, ResidualNotFound
 from .frame_index import FrameIndex, FrameRecord
 from .metrics import CloudMetrics
+from .replica_routing import ReplicaRouter
+from .replicas import ReplicaCoordinator
 
 log = logging.getLogger("icmh.cloud.operator")
 Quality = operator_pb2.Quality
@@ -89,8 +97,12 @@ def _check_ids(context: grpc.ServicerContext, camera_id: str, *frame_ids: int) -
 class OperatorService(operator_pb2_grpc.OperatorServicer):
     def __init__(self, registry: CameraRegistry, index: FrameIndex, sessions: EdgeSessions, codecs: CloudCodecs,
                  metrics: CloudMetrics, residual_timeout_s: float = 5.0, cache_frames: int = 64, *,
-                 access: OperatorAccess, audit: AuditLog) -> None:
+                 access: OperatorAccess, audit: AuditLog, replicas: ReplicaCoordinator | None = None,
+                 router: ReplicaRouter | None = None) -> None:
+        if (replicas is None) != (router is None):
+            raise ValueError("replicas and their router go together")
         self.registry, self.index, self.sessions, self.codecs = registry, index, sessions, codecs
+        self.replicas, self.router = replicas, router
         self.metrics, self.residual_timeout_s = metrics, residual_timeout_s
         self.cache = PngCache(cache_frames)
         self.access, self.audit = access, audit
@@ -100,13 +112,16 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                     context: grpc.ServicerContext) -> operator_pb2.ListCamerasResponse:
         caller = self.access.require(context, Role.VIEWER)
         records = {c.camera_id: c for c in self.index.cameras()}
+        holders = self.replicas.holders() if self.replicas is not None else {}
         cameras = []
         for camera_id in sorted(c for c in set(self.registry.ids()) | set(records) if caller.may_see(c)):
             session, record, entry = self.sessions.get(camera_id), records.get(camera_id), self.registry.get(camera_id)
+            holder = holders.get(camera_id)
+            remote = session is None and holder is not None and holder.online  # streaming to another replica
             info = operator_pb2.CameraInfo(
                 camera_id=camera_id,
-                state=operator_pb2.CAMERA_STATE_ONLINE if session else operator_pb2.CAMERA_STATE_OFFLINE,
-                fps=session.fps.rate() if session else 0.0,
+                state=operator_pb2.CAMERA_STATE_ONLINE if session or remote else operator_pb2.CAMERA_STATE_OFFLINE,
+                fps=session.fps.rate() if session else holder.fps if remote else 0.0,
                 config=config_to_proto({**(entry.config if entry else {}), **(record.config if record else {})}),
             )
             if record is not None:
@@ -190,16 +205,23 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     def _fetch_residual(self, context: grpc.ServicerContext, camera_id: str, frame_id: int,
                         lossless_layer: bool = False) -> bytes:
-        """The frame's residual layer (or lossless layer) from its edge; aborts when there is none."""
+        """The frame's residual layer (or lossless layer) from its edge, whichever replica it streams to; aborts
+        when there is none."""
         session = self.sessions.get(camera_id)
-        if session is None:
+        holder = self.replicas.holder(camera_id) if session is None and self.replicas is not None else None
+        if session is None and holder is None:
             self.metrics.errors.labels("edge_offline").inc()
             needs = "original quality needs its lossless layer" if lossless_layer else \
                 "human quality needs its residual layer"
             _abort(context, grpc.StatusCode.UNAVAILABLE, f"edge of camera {camera_id} is offline: {needs}")
         start = time.perf_counter()
         try:
-            residual = session.request_residual(frame_id, self.residual_timeout_s, lossless_layer)
+            if session is not None:
+                residual = session.request_residual(frame_id, self.residual_timeout_s, lossless_layer)
+            else:
+                assert self.router is not None and holder is not None
+                residual = self.router.fetch_layer(holder, camera_id, frame_id, lossless_layer,
+                                                   self.residual_timeout_s)
         except EdgeOffline as exc:
             self.metrics.errors.labels("edge_offline").inc()
             _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -222,7 +244,12 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         stored = self.index.set_camera_config(request.camera_id, changes)
         session = self.sessions.get(request.camera_id)
-        delivered = session is not None and session.send_config(config_to_proto(changes))
+        if session is not None:
+            delivered = session.send_config(config_to_proto(changes))
+        else:
+            holder = self.replicas.holder(request.camera_id) if self.replicas is not None else None
+            delivered = holder is not None and self.router is not None and self.router.push_config(
+                holder, request.camera_id, config_to_proto(changes))
         log.info("camera %s config %s (%s)", request.camera_id, changes, "sent" if delivered else "on next connect")
         return operator_pb2.ConfigureCameraResponse(config=config_to_proto({**entry.config, **stored}),
                                                     delivered=delivered)

@@ -102,11 +102,11 @@ class DetectionPipeline:
                         failed.get(r.key, ""))
             for r, _ in batch
         ]
-        self.index.record_results(results)
+        stored = self.index.record_results(results)  # another replica may have stored some first
         self.delivery.deliver_inline()
         self.delivery.wake()
-        self.hub.publish(results)
-        for r in results:
+        self.hub.publish(stored)
+        for r in stored:
             self.metrics.end_to_end_seconds.labels(r.camera_id).observe(max(0.0, (now - r.capture_ns) / 1e9))
         return results
 

@@ -1,7 +1,14 @@
-"""The cloud server: frame index, decoders, detector loop and the gRPC services, with start / stop."""
+"""The cloud server: frame index, decoders, detector loop and the gRPC services, with start / stop.
+
+With ``replica_id`` it is one of several replicas sharing a PostgreSQL index: it takes the streams of the cameras
+whose lease it holds (:mod:`icmh.cloud.replicas`), detects and publishes their frames only
+(:mod:`icmh.cloud.replica_index`), writes what it detects to its own JSON Lines file (sink ``jsonl@REPLICA``) and
+serves the other replicas' calls for its edges (``ReplicaLink``).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import threading
@@ -14,7 +21,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from icmh.detector import YoloDetector
-from icmh.rpc import detections_pb2, detections_pb2_grpc, edge_pb2, edge_pb2_grpc, operator_pb2, operator_pb2_grpc
+from icmh.rpc import (
+    detections_pb2,
+    detections_pb2_grpc,
+    edge_pb2,
+    edge_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+    replica_pb2_grpc,
+)
 from icmh.service.grpc_setup import DEFAULT_MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, server_credentials, server_options
 from icmh.service.process import MetricsEndpoint
 
@@ -27,10 +42,16 @@ from .edge_service import EdgeLinkService
 from .edge_sessions import EdgeSessions
 from .frame_index import FrameIndex
 from .jsonl_sink import JsonlSink
+from .leases import ReplicaIdentity, is_local_sink, local_sink_name
 from .metrics import CloudMetrics
 from .operator_service import OperatorService
 from .pipeline import DetectionPipeline
 from .publishers import Publisher, open_publisher
+from .replica_feed import FleetHub, PeerFeeds
+from .replica_index import SQLITE_REFUSAL, ReplicaFrameIndex, live_replicas_of
+from .replica_routing import ReplicaRouter, ReplicaTls
+from .replica_service import REPLICA_LINK, ReplicaLinkService
+from .replicas import ReplicaCoordinator
 from .subscribers import SubscriberHub
 
 log = logging.getLogger("icmh.cloud")
@@ -39,6 +60,7 @@ SERVICE_NAMES = tuple(
     for module, name in ((edge_pb2, "EdgeLink"), (operator_pb2, "Operator"), (detections_pb2, "Detections"))
 )
 REFLECTION_MODES = ("open", "operators", "off")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
 
 def is_loopback(listen: str) -> bool:
@@ -85,6 +107,12 @@ class CloudSettings:
     max_workers: int = 64  # every edge stream and subscription holds one worker thread
     metrics_port: int = 0
     metrics_addr: str = "0.0.0.0"
+    # several replicas on one PostgreSQL index (None: the only server of its index)
+    replica_id: str | None = None
+    advertise_address: str | None = None  # host:port edges and replicas reach this one at; None: from ``listen``
+    lease_s: float = 15.0  # camera leases and the replica heartbeat
+    replica_token: str | None = None  # the replicas' shared credential for ReplicaLink calls
+    replica_tls_ca: Path | None = None  # CA of the other replicas' certificates (TLS)
 
     def __post_init__(self) -> None:
         if self.max_packet_bytes > self.max_message_bytes:
@@ -101,6 +129,26 @@ class CloudSettings:
             raise ValueError(f"--insecure-open-operators is for local experiments: listen on a loopback address "
                              f"(e.g. 127.0.0.1:50051), not {self.listen}")
         self.operators.check_separation(self.cameras)
+        self._check_replica()
+
+    def _check_replica(self) -> None:
+        if self.replica_id is None:
+            if self.advertise_address is not None:
+                raise ValueError("--advertise-address is for replicas: it needs --replica-id")
+            return
+        if not str(self.index or "").startswith(("postgresql://", "postgres://")):
+            raise ValueError(SQLITE_REFUSAL)
+        if not self.replica_token:
+            raise ValueError("replicas call each other with a shared credential: set $ICMH_REPLICA_TOKEN (the same "
+                             "on every replica) or --replica-token-file")
+        if hashlib.sha256(self.replica_token.encode()).digest() in self.cameras.token_owners() or \
+                self.operators.by_token(self.replica_token) is not None:
+            raise ValueError("the replica credential must differ from every camera and operator token")
+        if self.tls_cert is not None and self.replica_tls_ca is None:
+            raise ValueError("replicas with TLS verify each other: give --replica-tls-ca")
+        if self.advertise_address is None and self.listen.rpartition(":")[0] in WILDCARD_HOSTS:
+            raise ValueError(f"--listen {self.listen} is every interface: give --advertise-address HOST:PORT, the "
+                             "address at which edges and the other replicas reach this replica")
 
 
 class CloudServer:
@@ -111,62 +159,139 @@ class CloudServer:
         self.codecs = codecs or CloudCodecs(s.weights)
         self.detector = detector or YoloDetector(s.detector, imgsz=s.detector_imgsz, conf=s.detector_confidence)
         self.publishers: list[Publisher] = []
+        self.replicas: ReplicaCoordinator | None = None
+        self.router: ReplicaRouter | None = None
+        self.access = self._access()
+        self._server = self._bind()  # first: a replica advertises the bound port
+        self.index: FrameIndex | ReplicaFrameIndex
         try:  # a bad output URL or an unreachable index: nothing left connected
             self.publishers.extend(open_publisher(url, s.publish_timeout_s) for url in s.publish)
-            self.index = FrameIndex(s.index or s.data_dir / "frames.db", s.index_pool_size)
+            self.sink = JsonlSink(s.detections_jsonl) if s.detections_jsonl else None
+            sinks: list[Publisher] = [*([self.sink] if self.sink else []), *self.publishers]
+            if s.replica_id is None:
+                self.index = FrameIndex(s.index or s.data_dir / "frames.db", s.index_pool_size)
+                self._refuse_shared_index()
+            else:
+                self.index = self._join_replicas(sinks)
         except BaseException:
             for publisher in self.publishers:
                 publisher.close()
+            if hasattr(self, "index"):
+                self.index.close()
+            self._server.stop(0)
             raise
         self.audit = AuditLog(s.data_dir / "audit.db")
-        self.sink = JsonlSink(s.detections_jsonl) if s.detections_jsonl else None
-        self.hub = SubscriberHub()
         self.sessions = EdgeSessions()
-        self.pipeline = DetectionPipeline(self.index, self.codecs, self.detector, self.hub,
-                                          [*([self.sink] if self.sink else []), *self.publishers], self.metrics,
+        self.peer_feeds: PeerFeeds | None = None
+        if isinstance(self.index, ReplicaFrameIndex):
+            fleet_hub = FleetHub()  # subscribers here see every replica's results
+            self.hub: SubscriberHub = fleet_hub
+            self.replicas = ReplicaCoordinator(self.index, self.sessions, self.metrics, on_takeover=self._resume)
+            self.router = ReplicaRouter(s.replica_token or "", self.metrics, self._replica_tls())
+            self.peer_feeds = PeerFeeds(fleet_hub, self.index.leases, self.router, s.lease_s / 3)
+        else:
+            self.hub = SubscriberHub()
+        self.pipeline = DetectionPipeline(self.index, self.codecs, self.detector, self.hub, sinks, self.metrics,
                                           s.max_batch, camera_status=self.camera_status)
         self.health = health.HealthServicer()
-        self.port = 0
-        self._server: grpc.Server | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
-        self._build_server()
+        self._add_services()
 
     def camera_status(self) -> dict[str, bool]:
-        """Every allowed camera: whether its edge has a stream open to this server."""
-        return {camera_id: self.sessions.get(camera_id) is not None for camera_id in self.settings.cameras.ids()}
+        """Every allowed camera (a replica: every camera it holds): whether its edge has a stream open here."""
+        cameras = self.replicas.held() if self.replicas is not None else self.settings.cameras.ids()
+        return {camera_id: self.sessions.get(camera_id) is not None for camera_id in sorted(cameras)}
 
-    def _build_server(self) -> None:
+    @property
+    def advertise_address(self) -> str:
+        s = self.settings
+        return s.advertise_address or f"{s.listen.rpartition(':')[0]}:{self.port}"
+
+    def _join_replicas(self, sinks: list[Publisher]) -> ReplicaFrameIndex:
+        """The shared index as replica ``replica_id``: its JSON Lines file becomes its own sink, and it announces
+        itself (waiting for a predecessor with its id to expire)."""
+        s = self.settings
+        assert s.replica_id is not None and s.index is not None
+        if self.sink is not None:
+            self.sink.name = local_sink_name(self.sink.name, s.replica_id)
+        identity = ReplicaIdentity(s.replica_id, self.advertise_address, s.lease_s)
+        index = ReplicaFrameIndex(s.index, identity, s.index_pool_size)
+        try:
+            waited = index.leases.register([sink.name for sink in sinks])
+        except BaseException:
+            index.close()
+            raise
+        if waited > 0.5:
+            log.info("waited %.1f s for the previous process of replica %s to expire", waited, s.replica_id)
+        return index
+
+    def _refuse_shared_index(self) -> None:
+        others = live_replicas_of(self.index)
+        if others:
+            raise ValueError(f"the frame index {self.index.description} is shared by the live replicas "
+                             f"{', '.join(others)}: start this server with --replica-id too")
+
+    def _replica_tls(self) -> ReplicaTls | None:
+        s = self.settings
+        if s.replica_tls_ca is None:
+            return None
+        mutual = s.tls_client_ca is not None  # the others ask for a client certificate: present ours
+        return ReplicaTls(s.replica_tls_ca, s.tls_cert if mutual else None, s.tls_key if mutual else None)
+
+    def _resume(self, cameras: set[str]) -> None:
+        """Cameras taken on from another replica: their shared sinks' next batch is sent in recovery mode (the
+        other replica may have published some of it), and the detector looks for their frames now."""
+        for sink in self.pipeline.delivery.sinks:
+            if not is_local_sink(sink.name):
+                sink.recovering = True
+        self.pipeline.notify()
+        self.pipeline.delivery.wake()
+
+    def _access(self) -> OperatorAccess:
         s = self.settings
         certificates = s.tls_client_ca is not None
         if s.operators.uses_certificates and not certificates:
             log.warning("operator certificate names are ignored: they need mutual TLS (--tls-client-ca)")
-        access = OperatorAccess(s.operators, self.metrics, open_access=s.open_operator_access,
-                                certificates=certificates,
-                                open_services=(*((HEALTH,) if s.open_health else ()),
-                                               *(REFLECTION if s.reflection == "open" else ())))
+        return OperatorAccess(s.operators, self.metrics, open_access=s.open_operator_access,
+                              certificates=certificates,
+                              open_services=(*((HEALTH,) if s.open_health else ()),
+                                             *(REFLECTION if s.reflection == "open" else ()),
+                                             REPLICA_LINK))  # replicas authenticate each other themselves
+
+    def _bind(self) -> grpc.Server:
+        s = self.settings
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="grpc"),
-                             interceptors=[access], options=server_options(s.max_message_bytes, MAX_REPLY_BYTES))
-        edge_pb2_grpc.add_EdgeLinkServicer_to_server(EdgeLinkService(
-            s.cameras, self.codecs, self.index, self.sessions, self.metrics, self.pipeline.notify, s.max_packet_bytes,
-        ), server)
-        operator_pb2_grpc.add_OperatorServicer_to_server(OperatorService(
-            s.cameras, self.index, self.sessions, self.codecs, self.metrics, s.residual_timeout_s, s.cache_frames,
-            access=access, audit=self.audit,
-        ), server)
-        detections_pb2_grpc.add_DetectionsServicer_to_server(DetectionsService(self.hub, self.metrics, access), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if s.reflection != "off":
-            reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                                server)
+                             interceptors=[self.access], options=server_options(s.max_message_bytes, MAX_REPLY_BYTES))
         if s.tls_cert is not None and s.tls_key is not None:
             self.port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
         else:
             self.port = server.add_insecure_port(s.listen)
         if not self.port:
             raise OSError(f"cannot listen on {s.listen}")
-        self._server = server
+        return server
+
+    def _add_services(self) -> None:
+        s, server = self.settings, self._server
+        edge_pb2_grpc.add_EdgeLinkServicer_to_server(EdgeLinkService(
+            s.cameras, self.codecs, self.index, self.sessions, self.metrics, self.pipeline.notify, s.max_packet_bytes,
+            self.replicas,
+        ), server)
+        operator_pb2_grpc.add_OperatorServicer_to_server(OperatorService(
+            s.cameras, self.index, self.sessions, self.codecs, self.metrics, s.residual_timeout_s, s.cache_frames,
+            access=self.access, audit=self.audit, replicas=self.replicas, router=self.router,
+        ), server)
+        detections_pb2_grpc.add_DetectionsServicer_to_server(DetectionsService(self.hub, self.metrics, self.access),
+                                                             server)
+        if isinstance(self.hub, FleetHub) and s.replica_id is not None and s.replica_token:
+            replica_pb2_grpc.add_ReplicaLinkServicer_to_server(ReplicaLinkService(
+                s.replica_token, s.replica_id, self.sessions, self.metrics, s.residual_timeout_s, self.hub.own),
+                server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if s.reflection != "off":
+            reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                                server)
 
     def start(self) -> int:
         """Start serving; returns the bound port (useful with a ``:0`` listen address)."""
@@ -180,9 +305,16 @@ class CloudServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._maintenance = threading.Thread(target=self._maintain, name="cloud-maintenance", daemon=True)
         self._maintenance.start()
+        if self.replicas is not None:
+            self.replicas.start()
+        if self.peer_feeds is not None:
+            self.peer_feeds.start()
         s = self.settings
         log.info("serving on port %d (%s), cameras: %s", self.port, "TLS" if s.tls_cert else "plaintext",
                  ", ".join(s.cameras.ids()))
+        if self.replicas is not None:
+            log.info("replica %s at %s (leases of %g s); live replicas: %s", s.replica_id, self.advertise_address,
+                     s.lease_s, ", ".join(self.replicas.leases.live_replicas()))
         log.info("frame index %s (schema %d); outputs: %s", self.index.description, self.index.schema_version(),
                  ", ".join(self.index.sinks) or "live subscribers only")
         if s.open_operator_access:
@@ -222,15 +354,21 @@ class CloudServer:
         self._stop.set()
         self.health.enter_graceful_shutdown()
         self.sessions.close_all()
+        if self.peer_feeds is not None:
+            self.peer_feeds.stop()
         self.hub.close()
         if self._server is not None:
             self._server.stop(grace).wait()
         self.pipeline.stop()
         if self._maintenance is not None:
             self._maintenance.join()
+        if self.replicas is not None:  # after the detector's last batch: the others take over from here
+            self.replicas.stop()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
         self.pipeline.delivery.close()
+        if self.router is not None:
+            self.router.close()
         self.index.close()
         self.audit.close()
         log.info("stopped")

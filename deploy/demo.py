@@ -2,9 +2,10 @@
 
 Prints detections as they arrive; after N frames it inspects one frame in MACHINE and
 HUMAN quality, saves both PNGs with their PSNR against the original frame, and shuts
-both services down with SIGTERM. Run from the repository root::
+both services down with SIGTERM. Needs the installed package (``pip install -e .``); the video and
+the detector come from the data root (``../shared`` beside the checkout, or ``$ICMH_DATA``)::
 
-    python deploy/demo.py                      # shipped weights, ../shared video and detector
+    python deploy/demo.py                      # shipped weights, the data root's video and detector
     python deploy/demo.py --weights runs/export --frames 30 --out demo-out
     python deploy/demo.py --random-weights     # no trained weights yet: tiny random codecs
     python deploy/demo.py --web --keep-running # + the operator web view; runs until Ctrl-C
@@ -22,20 +23,17 @@ import tempfile
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(ROOT))
+import grpc
 
-import grpc  # noqa: E402
-
-from icmh.cloud.operator_cli import format_detections, format_result  # noqa: E402
-from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR  # noqa: E402
-from icmh.edge.source import FrameSource  # noqa: E402
-from icmh.rpc import operator_pb2, operator_pb2_grpc  # noqa: E402
-from icmh.service.feed import DetectionFeed  # noqa: E402
-from icmh.service.grpc_setup import with_token  # noqa: E402
-from icmh.service.images import decode_png, psnr  # noqa: E402
-from icmh.service.local import LOOPBACK, LocalServices, ServiceError  # noqa: E402
+from icmh.cloud.operator_cli import format_detections, format_result
+from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR
+from icmh.edge.source import FrameSource
+from icmh.paths import data_root, default_detector
+from icmh.rpc import operator_pb2, operator_pb2_grpc
+from icmh.service.feed import DetectionFeed
+from icmh.service.grpc_setup import with_token
+from icmh.service.images import decode_png, psnr
+from icmh.service.local import LOOPBACK, LocalServices, ServiceError
 
 CAMERA, TOKEN = "demo-cam", "demo-token"
 #: the demo's own operator (inspector: may see human quality), a fresh token per run
@@ -44,8 +42,8 @@ OPERATOR, OPERATOR_TOKEN = "demo-operator", secrets.token_urlsafe(24)
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--video", type=Path, default=SHARED / "data" / "traffic" / "cvtrafficcam_street.mp4")
-    p.add_argument("--detector", type=Path, default=SHARED / "models" / "yolov8n.pt")
+    p.add_argument("--video", type=Path, default=data_root() / "data" / "traffic" / "cvtrafficcam_street.mp4")
+    p.add_argument("--detector", type=Path, default=default_detector())
     p.add_argument("--weights", type=Path, help="codec weights folder (default: shipped weights)")
     p.add_argument("--random-weights", action="store_true",
                    help="use tiny randomly initialised codecs (pipeline demo only: images are noise)")

@@ -1,4 +1,4 @@
-"""``edge-node``: capture a camera, code each frame in two layers, stream base layers to the cloud."""
+"""``icmh-edge``: capture a camera, code each frame in two layers, stream base layers to the cloud."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ MIB = 1024 * 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-node", description=__doc__)
+    p = argparse.ArgumentParser(prog="icmh-edge", description=__doc__)
     p.add_argument("--camera-id", required=True, help="camera id known to the cloud")
     p.add_argument("--token", default=os.environ.get("ICMH_EDGE_TOKEN"),
                    help="camera token (default: $ICMH_EDGE_TOKEN)")
-    p.add_argument("--cloud", required=True, help="cloud server host:port")
+    p.add_argument("--cloud", required=True,
+                   help="cloud server host:port; several replicas: host:port,host:port,... (or one load-balanced "
+                        "address): the edge follows the replica that holds its camera")
     src = p.add_argument_group("source")
     src.add_argument("--source", required=True,
                      help="video file, rtsp:// or http:// URL, device index, or image folder")
@@ -61,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
     link.add_argument("--tls-server-name",
                       help="expected server name in the cloud's certificate (default: the host of --cloud)")
-    link.add_argument("--window", type=int, default=32, help="base packets in flight without an ack")
-    link.add_argument("--reconnect-min", type=float, default=0.5, help="first reconnect delay, seconds")
-    link.add_argument("--reconnect-max", type=float, default=30.0, help="longest reconnect delay, seconds")
+    link.add_argument("--window", type=int, default=LinkSettings.window, help="base packets in flight without an ack")
+    link.add_argument("--reconnect-min", type=float, default=LinkSettings.backoff_min_s,
+                      help="first reconnect delay, seconds")
+    link.add_argument("--reconnect-max", type=float, default=LinkSettings.backoff_max_s,
+                      help="longest reconnect delay, seconds")
     p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus port (0: disabled)")
     p.add_argument("--metrics-addr", default="0.0.0.0", help="address the metrics endpoint binds (e.g. 127.0.0.1)")
     p.add_argument("--log-level", default="INFO")
@@ -106,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         node = EdgeNode(settings_from_args(args))
     except (ValueError, FileNotFoundError, SourceError, BitstreamError, OSError) as exc:
-        print(f"edge-node: error: {exc}", file=sys.stderr)
+        print(f"icmh-edge: error: {exc}", file=sys.stderr)
         return 2
     on_termination(node.request_stop)
     try:
         node.start()
     except OSError as exc:  # the metrics endpoint, started first
         node.close()
-        print(f"edge-node: error: metrics endpoint {args.metrics_addr}:{args.metrics_port}: {exc.strerror or exc}",
+        print(f"icmh-edge: error: metrics endpoint {args.metrics_addr}:{args.metrics_port}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
     node.wait()

@@ -7,7 +7,13 @@ those it already holds). Residual requests are answered on the same stream. Lost
 links are retried with exponential backoff; refusals (bad token, unknown camera,
 codec mismatch) end the link with :class:`LinkRefused`, and so does, with TLS on, a cloud whose certificate
 does not verify against the configured CA or does not match the expected server name (``tls_server_name``,
-else the host of ``target``): the edge never talks to such a cloud.
+else the host of the address connected to): the edge never talks to such a cloud.
+
+Several cloud replicas: ``target`` may list several addresses (comma separated); the edge starts at the one its
+camera id hashes to (so cameras with the same list spread over it) and moves to the next when one cannot be
+reached. A replica that does not hold the camera redirects the edge to the one that does
+(:mod:`icmh.service.replica_redirect`); when that one was just unreachable (it died), the edge waits for its
+lease to run out and asks again, and the replica it asks then takes the camera over.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import queue
 import random
 import threading
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ import grpc
 from icmh.rpc import common_pb2, edge_pb2, edge_pb2_grpc
 from icmh.service.edge_config import config_from_proto
 from icmh.service.grpc_setup import MAX_REPLY_BYTES, open_channel
+from icmh.service.replica_redirect import Redirect, parse_redirect
 from icmh.service.timestamps import to_timestamp
 
 from .layers import InspectionLayers
@@ -42,6 +50,7 @@ REFUSAL_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
 }
 _ACK_NAMES = {v: k.removeprefix("STATUS_").lower() for k, v in edge_pb2.Ack.Status.items()}
+MAX_REDIRECTS = 3  # followed in a row at once; beyond, or back to an address that just failed: wait first
 
 
 class LinkRefused(RuntimeError):
@@ -52,9 +61,17 @@ class LinkRefused(RuntimeError):
         self.code = code
 
 
+class _Redirected(Exception):
+    """The replica reached does not hold the camera: connect to ``redirect.address``."""
+
+    def __init__(self, redirect: Redirect, details: str) -> None:
+        super().__init__(details)
+        self.redirect = redirect
+
+
 @dataclass(frozen=True)
 class LinkSettings:
-    target: str  # host:port of the cloud server
+    target: str  # host:port of the cloud server; several replicas: host:port,host:port,...
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -66,22 +83,44 @@ class LinkSettings:
     def __post_init__(self) -> None:
         if self.tls_server_name and self.tls_ca is None and self.tls_cert is None:
             raise ValueError("--tls-server-name needs TLS (--tls-ca)")
+        bad = [t for t in self.targets if not t.rpartition(":")[2].isdigit()]
+        if not self.targets or bad:
+            raise ValueError(f"--cloud must be host:port (several: comma separated), got {self.target!r}")
 
     @property
     def tls(self) -> bool:
         return self.tls_ca is not None or self.tls_cert is not None
 
+    @property
+    def targets(self) -> list[str]:
+        """The cloud addresses, in order."""
+        return [t.strip() for t in self.target.split(",") if t.strip()]
 
-def certificate_refusal(settings: LinkSettings, error: grpc.RpcError) -> LinkRefused | None:
-    """The refusal to report when a TLS connection failed on the cloud's certificate (None otherwise)."""
+
+def preferred_index(camera_id: str, count: int) -> int:
+    """The address of a list of ``count`` a camera tries first: cameras with one list spread over it."""
+    return zlib.crc32(camera_id.encode()) % count
+
+
+def addresses_starting_at(camera_id: str, addresses: list[str], first: str) -> str:
+    """A ``--cloud`` list of ``addresses`` (comma separated, rotated) whose address the camera's edge tries first
+    is ``first``: to place a camera on a chosen replica."""
+    shift = (addresses.index(first) - preferred_index(camera_id, len(addresses))) % len(addresses)
+    return ",".join(addresses[shift:] + addresses[:shift])
+
+
+def certificate_refusal(settings: LinkSettings, error: grpc.RpcError, target: str | None = None) -> LinkRefused | None:
+    """The refusal to report when a TLS connection to ``target`` (default: the first address) failed on the
+    cloud's certificate (None otherwise)."""
     details = error.details() or ""
     lowered = details.lower()
     if not settings.tls or error.code() != grpc.StatusCode.UNAVAILABLE or not (
             "certificate" in lowered or "hostname verification" in lowered):
         return None
-    name = settings.tls_server_name or settings.target.rpartition(":")[0]
+    target = target or settings.targets[0]
+    name = settings.tls_server_name or target.rpartition(":")[0]
     ca = settings.tls_ca or "the system CA store"
-    return LinkRefused(error.code(), details, f"refusing the cloud at {settings.target}: its certificate does not "
+    return LinkRefused(error.code(), details, f"refusing the cloud at {target}: its certificate does not "
                                               f"verify against {ca} for server name {name!r}: {details}")
 
 
@@ -200,6 +239,7 @@ class CloudLink:
         self._requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-layers")
         self.error: LinkRefused | None = None
         self.sessions = 0  # streams that got a Welcome
+        self.target = settings.targets[0]  # the address of the current (or last) stream
         self._session: _Session | None = None
         self._call: grpc.Future | None = None
 
@@ -210,24 +250,44 @@ class CloudLink:
             session.wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Connect, stream, reconnect with backoff; returns when ``stop`` is set or the cloud refuses."""
+        """Connect, stream, reconnect with backoff (moving along the addresses, following redirects); returns
+        when ``stop`` is set or the cloud refuses."""
         backoff = Backoff(self.settings.backoff_min_s, self.settings.backoff_max_s)
+        targets = self.settings.targets
+        position = preferred_index(self.hello.camera_id, len(targets))
+        override: str | None = None  # the next address when it is not targets[position]
+        failed: str | None = None  # the address that could not be reached last
+        redirects = 0
         first = True
         try:
             while not stop.is_set():
                 if not first:
                     self.metrics.reconnects.inc()
                 first = False
+                target, override = override or targets[position], None
                 try:
-                    if self._run_session(stop):
+                    if self._run_session(stop, target):
                         backoff.reset()
+                        redirects, failed, override = 0, None, target  # a broken stream: the same replica first
+                    else:
+                        failed = target
+                        if target == targets[position]:
+                            position = (position + 1) % len(targets)
+                    delay = backoff.next()
                 except LinkRefused as exc:
                     self.error = exc
                     log.error("%s", exc)
                     return
+                except _Redirected as exc:
+                    owner, redirects = exc.redirect, redirects + 1
+                    if owner.address not in (target, failed) and redirects <= MAX_REDIRECTS:
+                        log.info("%s: connecting to replica %s at %s", exc, owner.replica_id, owner.address)
+                        override = owner.address
+                        continue
+                    override = target  # the holder is gone: this replica takes over once its lease runs out
+                    delay = min(owner.remaining_s + 0.1, backoff.next())
                 if not stop.is_set():
-                    delay = backoff.next()
-                    log.info("reconnecting to %s in %.1fs", self.settings.target, delay)
+                    log.info("reconnecting to %s in %.1fs", override or targets[position], delay)
                     stop.wait(delay)
         finally:
             self._requests.shutdown(wait=False, cancel_futures=True)
@@ -238,12 +298,14 @@ class CloudLink:
         if call is not None:
             call.cancel()
 
-    def _run_session(self, stop: threading.Event) -> bool:
+    def _run_session(self, stop: threading.Event, target: str) -> bool:
+        """One stream to ``target``; True when the cloud welcomed it."""
         s = self.settings
         session = _Session(self.hello, self.store, s.window, self.metrics)
-        channel = open_channel(s.target, ca=s.tls_ca, cert=s.tls_cert, key=s.tls_key, server_name=s.tls_server_name,
+        channel = open_channel(target, ca=s.tls_ca, cert=s.tls_cert, key=s.tls_key, server_name=s.tls_server_name,
                                max_send_bytes=MAX_REPLY_BYTES)
         self._session = session
+        self.target = target
         try:
             call = edge_pb2_grpc.EdgeLinkStub(channel).Connect(session.requests())
             self._call = call
@@ -256,11 +318,15 @@ class CloudLink:
             code = exc.code()
             if code in REFUSAL_CODES:
                 raise LinkRefused(code, exc.details()) from None
-            refusal = certificate_refusal(s, exc)
+            refusal = certificate_refusal(s, exc, target)
             if refusal is not None:
                 raise refusal from None
+            trailing = getattr(exc, "trailing_metadata", lambda: None)()
+            redirect = parse_redirect(trailing) if code == grpc.StatusCode.UNAVAILABLE else None
+            if redirect is not None and not stop.is_set():
+                raise _Redirected(redirect, exc.details() or "redirected") from None
             if not stop.is_set():
-                log.warning("link to %s lost: %s: %s", s.target, code.name, exc.details())
+                log.warning("link to %s lost: %s: %s", target, code.name, exc.details())
         finally:
             session.close()
             self._session = self._call = None
@@ -289,7 +355,7 @@ class CloudLink:
         self.sessions += 1
         self.metrics.connected.set(1)
         log.info("connected to %s as %s (session %s; cloud holds frames up to %d)",
-                 self.settings.target, self.hello.camera_id, welcome.session_id, welcome.last_frame_id)
+                 self.target, self.hello.camera_id, welcome.session_id, welcome.last_frame_id)
 
     def _ack(self, session: _Session, ack: edge_pb2.Ack) -> None:
         self.store.acknowledge(ack.frame_id)

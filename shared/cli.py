@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .bench.cli import add_bench_parser
-from .paths import data_root
+from .training.config import MASK_PROVIDERS, config_default
 
 
 def _read_image(path: str):
@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         mask_provider=args.masks, detector=Path(args.detector) if args.detector else None,
         sam_checkpoint=Path(args.sam_checkpoint) if args.sam_checkpoint else None,
         lambda_min=args.lambda_min, lambda_max=args.lambda_max, steps=args.steps, batch=args.batch,
-        crop=args.crop, lr=args.lr, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
+        crop=args.crop, lr=args.lr, threads=args.threads, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
         validate_every=args.validate_every, max_minutes=args.max_minutes,
         init_from=Path(args.init_from) if args.init_from else None, architecture=args.architecture,
         background_weight=args.background_weight, feature_weight=args.feature_weight,
@@ -141,30 +141,38 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     t = sub.add_parser("train", help="train a codec (resumes from OUT/last.pt)")
+    d = config_default  # every training default is TrainConfig's
     t.add_argument("layer", choices=("base", "residual", "single"))
-    t.add_argument("--mode", choices=("pr", "fr"), default="pr")
+    t.add_argument("--mode", choices=("pr", "fr"), default="pr", help="residual layer kind")
     t.add_argument("--out", required=True, help="run folder (checkpoints, log.csv, val.csv, curves.png)")
-    t.add_argument("--shared", default=str(data_root()), help="folder with data/ (../shared)")
+    t.add_argument("--shared", default=str(d("shared_dir")), help="folder with data/ (../shared, $ICMH_DATA)")
     t.add_argument("--base-weights", help="frozen SA-ICM weights or checkpoint (residual training)")
-    t.add_argument("--masks", default="boxes", choices=("boxes", "edges", "boxes+edges", "sam"))
+    t.add_argument("--masks", default=d("mask_provider"), choices=MASK_PROVIDERS,
+                   help="mask provider of the base (default %(default)s)")
     t.add_argument("--detector", help="YOLO checkpoint: box masks of unlabelled images and, for the base, "
                                       "checkpoint selection by detection fidelity (best.pt)")
-    t.add_argument("--background-weight", type=float, default=0.0,
-                   help="base: weight of the squared error outside the mask (0 = SA-ICM as published)")
-    t.add_argument("--feature-weight", type=float, default=0.0,
-                   help="base: weight of the detector's backbone-feature distance (needs --detector; 0 = off)")
+    t.add_argument("--background-weight", type=float, default=d("background_weight"),
+                   help="base: weight of the squared error outside the mask (%(default)s = SA-ICM as published)")
+    t.add_argument("--feature-weight", type=float, default=d("feature_weight"),
+                   help="base: weight of the detector's backbone-feature distance (needs --detector; "
+                        "default %(default)s = off)")
     t.add_argument("--sam-checkpoint", help="Segment Anything checkpoint (--masks sam)")
     t.add_argument("--architecture", help="registered architecture (default per layer)")
-    t.add_argument("--lambda-min", type=float)
-    t.add_argument("--lambda-max", type=float)
-    t.add_argument("--steps", type=int, default=100_000)
-    t.add_argument("--batch", type=int, default=16)
-    t.add_argument("--crop", type=int, default=128)
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--checkpoint-minutes", type=float, default=10.0)
-    t.add_argument("--validate-every", type=int, default=1000)
-    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--lambda-min", type=float, help="smallest λ (default per layer)")
+    t.add_argument("--lambda-max", type=float, help="largest λ (default per layer)")
+    t.add_argument("--steps", type=int, default=d("steps"),
+                   help="optimiser steps in all, a resumed run's included (default %(default)s)")
+    t.add_argument("--batch", type=int, default=d("batch"), help="crops per step (default %(default)s)")
+    t.add_argument("--crop", type=int, default=d("crop"), help="crop side in pixels (default %(default)s)")
+    t.add_argument("--lr", type=float, default=d("lr"), help="learning rate (default %(default)s)")
+    t.add_argument("--threads", type=int, default=d("threads"), help="torch threads (default %(default)s)")
+    t.add_argument("--seed", type=int, default=d("seed"),
+                   help="seed of the initial weights and of the crops (default %(default)s)")
+    t.add_argument("--checkpoint-minutes", type=float, default=d("checkpoint_minutes"),
+                   help="write OUT/last.pt this often (default %(default)s)")
+    t.add_argument("--validate-every", type=int, default=d("validate_every"),
+                   help="steps between validations on real bitstreams (default %(default)s)")
+    t.add_argument("--max-minutes", type=float, help="stop after this much wall time (default: no limit)")
     t.add_argument("--init-from", help="warm start from another checkpoint (matching tensors)")
     t.set_defaults(func=cmd_train)
 

@@ -1,6 +1,7 @@
-"""Helpers of the fleet tests (tests/test_index_postgres.py, tests/test_publishers.py): the real PostgreSQL,
-Mosquitto and nats-server that .ci/services.sh starts on loopback (``$ICMH_TEST_POSTGRES``, ``$ICMH_TEST_MQTT``,
-``$ICMH_TEST_NATS``), private broker instances a test can stop and start, and readers of what the brokers got."""
+"""Helpers of the fleet tests (tests/test_index_postgres.py, tests/test_publishers.py, tests/test_replicas.py): the
+real PostgreSQL, Mosquitto and nats-server that .ci/services.sh starts on loopback (``$ICMH_TEST_POSTGRES``,
+``$ICMH_TEST_MQTT``, ``$ICMH_TEST_NATS``), private broker instances a test can stop and start, readers of what the
+brokers got, and cloud processes."""
 
 from __future__ import annotations
 
@@ -161,9 +162,10 @@ def stream_records(url: str, stream: str) -> list[tuple[dict, str]]:
 
 
 def cloud_process(tmp: Path, port: int, weights: Path, shared_dir: Path, cameras: dict[str, str],
-                  *extra: str) -> subprocess.Popen:
+                  *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """The ``cloud-server`` CLI in its own process (so that it can be killed like a crashed host), results also
-    in ``tmp/detections.jsonl``; ``extra``: more flags (--index, --publish ...)."""
+    in ``tmp/detections.jsonl``; ``extra``: more flags (--index, --publish ...), ``env``: more variables."""
+    tmp.mkdir(parents=True, exist_ok=True)
     ready = tmp / "ready"
     ready.unlink(missing_ok=True)
     log = (tmp / "cloud.log").open("a")
@@ -173,7 +175,7 @@ def cloud_process(tmp: Path, port: int, weights: Path, shared_dir: Path, cameras
          "--detector", str(shared_dir / "models/yolov8n.pt"), "--detector-imgsz", str(DETECTOR_IMGSZ),
          "--detections-jsonl", str(tmp / "detections.jsonl"), "--metrics-port", "0", "--threads", "1",
          "--ready-file", str(ready), *extra],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
     wait_for(lambda: ready.exists() or process.poll() is not None, timeout=180, what="the cloud process to serve")
     assert process.poll() is None, (tmp / "cloud.log").read_text()

@@ -449,6 +449,7 @@ def busy_port() -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, tiny_weights: Path, shared_dir: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     with busy_port() as sock:
@@ -458,7 +459,7 @@ def test_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, tiny_weights: P
         assert cloud_cli.main(["--listen", "127.0.0.1:0", "--camera", "c=t", "--data-dir", str(tmp_path / "cloud"),
                                "--detector", str(shared_dir / "models" / "yolov8n.pt"), *common]) == 2
         err = capsys.readouterr().err.strip()
-        assert re.fullmatch(rf"cloud-server: error: metrics endpoint 127\.0\.0\.1:{port}: .+", err), err
+        assert re.fullmatch(rf"icmh-cloud: error: metrics endpoint 127\.0\.0\.1:{port}: .+", err), err
         edge = subprocess.run(
             [sys.executable, "-m", "icmh.edge.cli", "--camera-id", "c", "--cloud", "127.0.0.1:9", "--source",
              str(shared_dir / VIDEO), "--width", "320", "--height", "192", "--data-dir", str(tmp_path / "edge"),
@@ -466,7 +467,7 @@ def test_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, tiny_weights: P
             capture_output=True, text=True, timeout=300)
         assert edge.returncode == 2, edge.stderr
         assert "Traceback" not in edge.stderr
-        assert re.search(rf"^edge-node: error: metrics endpoint 127\.0\.0\.1:{port}: .+$", edge.stderr, re.M)
+        assert re.search(rf"^icmh-edge: error: metrics endpoint 127\.0\.0\.1:{port}: .+$", edge.stderr, re.M)
 
 
 def test_systemd_edge_unit_takes_its_metrics_port_from_the_camera_env_file() -> None:

@@ -41,6 +41,7 @@ def _no_children_left() -> None:
     assert psutil.Process().children(recursive=True) == []
 
 
+@pytest.mark.slow
 def test_service(tiny_weights: Path, shared_dir: Path, tmp_path: Path) -> None:
     argv = ["service", "--weights", str(tiny_weights), "--shared", str(shared_dir), "--out", str(tmp_path),
             "--frames", "4", "--inspect", "2", *FAST]
@@ -67,6 +68,7 @@ def test_service(tiny_weights: Path, shared_dir: Path, tmp_path: Path) -> None:
         assert _finite(data["resources"][process]["cpu_percent_mean"], data["resources"][process]["rss_mb_peak"])
 
 
+@pytest.mark.slow
 def test_scale(tiny_weights: Path, shared_dir: Path, tmp_path: Path) -> None:
     argv = ["scale", "--weights", str(tiny_weights), "--shared", str(shared_dir), "--out", str(tmp_path),
             "--cameras", "1", "--seconds", "1.5", *FAST]

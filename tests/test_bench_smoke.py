@@ -1,4 +1,4 @@
-"""Each ``bench`` command end to end on 2 small real images with tiny random codecs."""
+"""Each ``bench`` command end to end on 2 small real images (or frames) with tiny random codecs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import pytest
 
 from icmh.bench.cli import main
 from icmh.bench.datasets import DETECTION_SETS, KODAK, TRAFFIC_VIDEO, list_images
+from icmh.codec import classical_residual
+from icmh.codec.models import MODEL_REGISTRY
+from icmh.codec.weights import TINY_ARCHITECTURES
 
 LEARNED = ("sa-icm", "pr-icmh", "fr-icmh", "single")
 
@@ -108,7 +111,69 @@ def test_speed(small_shared: Path, tiny_weights: Path, tmp_path: Path) -> None:
                      "webp encode q75", "yolov8n detect (on machine image)"):
             assert _finite(stages[name]["ms_mean"], stages[name]["fps"], stages[name]["tracemalloc_peak_mb"])
         assert stages["sa-icm encode (base)"]["bytes_mean"] > 0
+        _check_goal_ratios(run, stages)
     assert _finite(data["process_peak_rss_mb"])
+    _check_stage_macs(data["macs_per_pixel"])
+
+
+def _check_goal_ratios(run: dict, stages: dict) -> None:
+    """Each goal stage's ratio is its median time over the detector's, measured in the same run."""
+    ratios = run["vs_detector"]
+    reference = stages["yolov8n detect (on machine image)"]["ms_median"]
+    assert ratios["reference_ms_median"] == reference and ratios["goals_apply"] is False  # not 1280x720, 2 threads
+    residuals = ("pr-icmh", "fr-icmh", *(("pr-avif",) if classical_residual.available() else ()))
+    assert {name: row["at_most"] for name, row in ratios["stages"].items()} == {
+        "sa-icm encode (base)": 1.6, "sa-icm decode (machine)": 4.0,
+        **{f"{c} encode (residual)": 2.0 for c in residuals},
+        **{f"{c} decode (human: base + residual)": 8.0 for c in residuals},
+    }
+    for name, row in ratios["stages"].items():
+        ratio = stages[name]["ms_median"] / reference
+        assert row["ratio"] == round(ratio, 4) and row["met"] == (ratio <= row["at_most"])
+        assert row["ratio_of_means"] == round(stages[name]["ms_mean"] / stages[ratios["reference"]]["ms_mean"], 4)
+
+
+def _check_stage_macs(macs: dict) -> None:
+    """MACs per pixel: every registered architecture, and each stage as the sum of the networks it runs."""
+    assert set(macs["architectures"]) == set(MODEL_REGISTRY)
+    assert macs["codecs"] == TINY_ARCHITECTURES
+    nets = {layer: macs["architectures"][arch] for layer, arch in TINY_ARCHITECTURES.items()}
+    base, pr, fr = nets["base"], nets["pr"], nets["fr"]
+    stages = macs["stages"]
+    assert (stages["sa-icm encode (base)"], stages["sa-icm decode (machine)"]) == (base["encoder"], base["decoder"])
+    assert stages["pr-icmh encode (residual)"] == pytest.approx(base["synthesis"] + pr["encoder"])
+    assert stages["pr-icmh decode (human: base + residual)"] == pytest.approx(base["decoder"] + pr["decoder"])
+    assert stages["fr-icmh encode (residual)"] == fr["encoder"]
+    assert stages["fr-icmh decode (human: base + residual)"] == pytest.approx(
+        base["decoder"] - base["synthesis"] + fr["decoder"])
+
+
+def test_edge(small_shared: Path, tiny_weights: Path, tmp_path: Path) -> None:
+    argv = ["edge", "--shared", str(small_shared), "--weights", str(tiny_weights), "--out", str(tmp_path),
+            "--resolutions", "256x128,128x64", "--frames", "2", "--inspect", "1", "--threads", "1"]
+    assert main(argv) == 0
+    data = _load(tmp_path / "edge.json")
+    assert data["meta"]["image_count"] == 2 and data["meta"]["mode"] == "pr"
+    assert list(data["results"]) == ["256x128", "128x64"]
+    for policies in data["results"].values():
+        assert list(policies) == ["base-only", "lazy", "eager"]
+        for policy, result in policies.items():
+            capture, sizes, kept = result["capture"], result["bytes_per_frame"], result["kept_bytes_per_frame"]
+            assert capture["fps"] == pytest.approx(1000 / capture["mean_ms"])
+            assert capture["cpu_s_per_frame"] > 0 and capture["fps_per_core"] == pytest.approx(
+                1 / capture["cpu_s_per_frame"])
+            assert capture["cores_busy"] == pytest.approx(capture["cpu_s_per_frame"] * capture["fps"])
+            assert set(sizes) == {"base-only": {"base"}, "lazy": {"base", "frame"},
+                                  "eager": {"base", "residual", "frame"}}[policy]
+            assert sizes["base"] == policies["base-only"]["bytes_per_frame"]["base"] > 0  # same frames, same layer
+            assert kept == (sum(sizes.values()) if policy != "base-only" else 0)  # kept frame + base (+ residual)
+            assert result["storage_gb_per_hour_at_1fps"] == pytest.approx(kept * 3600 / 1e9)
+            assert result["storage_gb_per_hour_at_sustained_fps"] == pytest.approx(kept * capture["fps"] * 3600 / 1e9)
+            if policy == "base-only":
+                assert result["inspection"] is None
+            else:
+                human = result["inspection"]["human"]
+                assert human["frames"] == 1 and _finite(human["total"]["mean_ms"], human["cloud_decode"]["mean_ms"])
 
 
 def test_errors(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,3 +196,7 @@ def test_parser_hooks_into_a_subparsers_object() -> None:
     assert args.weights is None and args.out == "docs/benchmarks" and args.shared == str(data_root())
     args = parser.parse_args(["bench", "speed", "--sizes", "640x360"])
     assert args.sizes == ((640, 360),) and args.rates == (0.5,) and args.codecs is None
+    args = parser.parse_args(["bench", "edge"])
+    assert args.sizes == ((640, 360), (1280, 720), (1920, 1080)) and args.frames == 8 and args.inspect is None
+    args = parser.parse_args(["bench", "edge", "--resolutions", "1920x1080", "--frames", "3", "--inspect", "0"])
+    assert (args.sizes, args.frames, args.inspect) == (((1920, 1080),), 3, 0)

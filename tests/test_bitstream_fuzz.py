@@ -142,6 +142,7 @@ def coded(tiny_weights: Path) -> tuple[ScalableCodec, bytes, bytes]:
     return codec, base, residual
 
 
+@pytest.mark.slow
 @fuzz(DECODE_EXAMPLES)
 @given(mutation=mutations, target=targets, size=st.none() | st.tuples(st.integers(1, 64), st.integers(1, 64)))
 def test_decode_machine_of_mutated_base_layers(coded: tuple[ScalableCodec, bytes, bytes],
@@ -165,6 +166,7 @@ def test_decode_machine_of_mutated_base_layers(coded: tuple[ScalableCodec, bytes
     event("decoded")
 
 
+@pytest.mark.slow
 @fuzz(DECODE_EXAMPLES)
 @given(mutation=mutations, target=targets)
 def test_decode_human_of_mutated_residual_layers(coded: tuple[ScalableCodec, bytes, bytes],

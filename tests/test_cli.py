@@ -1,7 +1,8 @@
-"""The ``icmh`` console script: encode, decode, info, and one-line errors on bad files."""
+"""The ``icmh`` console script: encode, decode, info, one-line errors on bad files, and the training defaults."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,53 +12,80 @@ import cv2
 import numpy as np
 import pytest
 
+from icmh.cli import build_parser, main
 from icmh.codec import ScalableCodec
+from icmh.training.config import TrainConfig
+from tests.test_codec import synthetic_photo
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def icmh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "icmh.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+def icmh(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``icmh ARGS`` in this process: exit status, stdout, stderr."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture(scope="module")
-def image_file(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("img") / "crop.png"
-    cv2.imwrite(str(out), cv2.imread(str(shared_dir / "data" / "kodak" / "05.png"))[:200, :300])
+    cv2.imwrite(str(out), cv2.cvtColor(synthetic_photo(200, 300, seed=5), cv2.COLOR_RGB2BGR))
     return out
 
 
 @pytest.mark.parametrize("mode", ["pr", "fr"])
-def test_encode_decode_info(tiny_weights: Path, image_file: Path, tmp_path: Path, mode: str) -> None:
+def test_encode_decode_info(tiny_weights: Path, image_file: Path, tmp_path: Path, mode: str,
+                            capsys: pytest.CaptureFixture[str]) -> None:
     base, res = tmp_path / "f.base", tmp_path / "f.res"
-    out = icmh("encode", str(image_file), "--base", str(base), "--residual", str(res), "--mode", mode,
-               "--rate", "0.4", "--weights", str(tiny_weights))
-    assert out.returncode == 0, out.stderr
-    sizes = json.loads(out.stdout)
+    code, out, err = icmh(capsys, "encode", str(image_file), "--base", str(base), "--residual", str(res),
+                          "--mode", mode, "--rate", "0.4", "--weights", str(tiny_weights))
+    assert code == 0, err
+    sizes = json.loads(out)
     assert sizes["base_bytes"] == base.stat().st_size and sizes["residual_bytes"] == res.stat().st_size
 
-    info = json.loads(icmh("info", str(res)).stdout)
+    info = json.loads(icmh(capsys, "info", str(res))[1])
     assert info["kind"] == f"{mode}_residual" and (info["height"], info["width"]) == (200, 300)
 
     human, machine = tmp_path / "human.png", tmp_path / "machine.png"
-    assert icmh("decode", "--base", str(base), "--residual", str(res), "-o", str(human),
-                "--weights", str(tiny_weights)).returncode == 0
-    assert icmh("decode", "--base", str(base), "-o", str(machine), "--weights", str(tiny_weights)).returncode == 0
+    assert icmh(capsys, "decode", "--base", str(base), "--residual", str(res), "-o", str(human),
+                "--weights", str(tiny_weights))[0] == 0
+    assert icmh(capsys, "decode", "--base", str(base), "-o", str(machine), "--weights", str(tiny_weights))[0] == 0
     codec = ScalableCodec.from_weights(tiny_weights, mode=mode)
     expected = codec.decode_human(base.read_bytes(), res.read_bytes())
     np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(human)), cv2.COLOR_BGR2RGB), expected)
-    assert cv2.imread(str(machine)).shape == (200, 300, 3)
+    np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(machine)), cv2.COLOR_BGR2RGB),
+                                  codec.decode_machine(base.read_bytes()))
 
 
-def test_bad_file_gives_one_line_error(tiny_weights: Path, tmp_path: Path) -> None:
+def test_bad_file_gives_one_line_error(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.base"
     junk.write_bytes(b"ICMH" + bytes(40))
     for args in (("info", str(junk)), ("decode", "--base", str(junk), "-o", str(tmp_path / "o.png"),
-                                       "--weights", str(tiny_weights))):
-        out = icmh(*args)
-        assert out.returncode != 0
-        assert out.stderr.startswith("icmh: error:") and out.stderr.count("\n") == 1, out.stderr
-        assert "Traceback" not in out.stderr
-    missing = icmh("info", str(tmp_path / "nope.base"))
-    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+                                       "--weights", str(tiny_weights)), ("info", str(tmp_path / "nope.base"))):
+        code, _, err = icmh(capsys, *args)
+        assert code == 1 and err.startswith("icmh: error:") and err.count("\n") == 1, err
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.slow
+def test_console_module_runs_as_a_process(tiny_weights: Path, image_file: Path, tmp_path: Path) -> None:
+    """``python -m icmh.cli`` from another folder: the package, not the working directory, provides the code."""
+    base = tmp_path / "f.base"
+    run = subprocess.run([sys.executable, "-m", "icmh.cli", "encode", str(image_file), "--base", str(base),
+                          "--weights", str(tiny_weights)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["base_bytes"] == base.stat().st_size
+    bad = subprocess.run([sys.executable, "-m", "icmh.cli", "info", str(tmp_path / "nope.base")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.startswith("icmh: error:") and "Traceback" not in bad.stderr
+
+
+def test_train_flags_default_to_the_train_config() -> None:
+    """``icmh train`` without flags builds exactly ``TrainConfig``'s defaults (one source of defaults)."""
+    args = build_parser().parse_args(["train", "base", "--out", "runs/x"])
+    flag_of = {"shared_dir": "shared", "mask_provider": "masks"}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("kind", "out_dir"):
+            continue
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        value = getattr(args, flag_of.get(field.name, field.name))  # every field has its flag
+        assert (Path(value) if isinstance(default, Path) else value) == default, field.name

@@ -22,16 +22,37 @@ from icmh.codec.bitstream import LayerHeader, LayerKind, pack, unpack
 from icmh.codec.exact import exact_arithmetic
 from tests.conftest import make_tiny_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def kodak(shared_dir: Path, name: str = "01.png") -> np.ndarray:
+    """A Kodak image of the data root (tests that need real photographs take the skipping ``shared_dir``)."""
     return cv2.cvtColor(cv2.imread(str(shared_dir / "data" / "kodak" / name)), cv2.COLOR_BGR2RGB)
 
 
+def synthetic_photo(height: int = 257, width: int = 333, seed: int = 0) -> np.ndarray:
+    """A photo-like RGB test image without any data set: smooth colour gradients, flat objects with sharp edges
+    (rectangles and ellipses), a slight blur and sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.empty((height, width, 3), np.float32)
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
+        image[..., c] = 128 + 60 * np.sin(2 * np.pi * (fx * x / width + fy * y / height) + phase)
+    for _ in range(8):
+        colour = rng.integers(0, 256, 3).tolist()
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(width // 12 + 1, width // 3 + 2)), int(rng.integers(height // 12 + 1, height // 3 + 2))
+        if rng.random() < 0.5:
+            cv2.rectangle(image, (x0, y0), (x0 + w, y0 + h), colour, -1)
+        else:
+            cv2.ellipse(image, (x0, y0), (w // 2 + 1, h // 2 + 1), float(rng.uniform(0, 180)), 0, 360, colour, -1)
+    image = cv2.GaussianBlur(image, (0, 0), 1.2)
+    image += rng.normal(0, 6, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).round().astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
-def photo(shared_dir: Path) -> np.ndarray:
-    return kodak(shared_dir)[:257, :333]  # odd size on purpose
+def photo() -> np.ndarray:
+    return synthetic_photo()  # odd size on purpose
 
 
 @pytest.fixture(scope="module", params=["pr", "fr"])
@@ -191,7 +212,7 @@ def run_in_other_processes(script: str, *args: str) -> list[tuple[str, str]]:
     1 thread and ``ATEN_CPU_CAPABILITY=default``; returns (setting, stdout) per run."""
     runs = []
     for threads, capability in (("2", None), ("1", "default")):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = dict(os.environ)
         if capability:
             env["ATEN_CPU_CAPABILITY"] = capability
         out = subprocess.run([sys.executable, "-c", script, threads, *args], capture_output=True, text=True, env=env,
@@ -200,6 +221,7 @@ def run_in_other_processes(script: str, *args: str) -> list[tuple[str, str]]:
     return runs
 
 
+@pytest.mark.slow  # two fresh Python processes per mode
 @pytest.mark.parametrize("mode", ["pr", "fr", "avif"])
 def test_decode_identical_in_other_process_threads_and_cpu_capability(
     tiny_weights: Path, photo: np.ndarray, tmp_path: Path, mode: str
@@ -216,10 +238,10 @@ def test_decode_identical_in_other_process_threads_and_cpu_capability(
         assert stdout.split()[-2:] == expected.split(), setting
 
 
-def test_shipped_weights_rate_increases_stream_size(shared_dir: Path) -> None:
+def test_shipped_weights_rate_increases_stream_size() -> None:
     """Higher R gives more bytes in both layers, with the weights the product ships."""
     codec = ScalableCodec.from_weights()
-    image = kodak(shared_dir, "03.png")
+    image = synthetic_photo(256, 384, seed=3)
     encodings = [codec.encode_base(image, r) for r in (0.0, 0.5, 1.0)]
     base_sizes = [len(e.data) for e in encodings]
     assert base_sizes[0] < base_sizes[1] < base_sizes[2]
@@ -227,10 +249,10 @@ def test_shipped_weights_rate_increases_stream_size(shared_dir: Path) -> None:
     assert residual_sizes[0] < residual_sizes[1] < residual_sizes[2]
 
 
-def test_fast_pixels_decode_the_same_latent_and_nearly_the_same_image(shared_dir: Path) -> None:
+def test_fast_pixels_decode_the_same_latent_and_nearly_the_same_image() -> None:
     """The detector's float32 synthesis differs from the exact one by at most a level or two."""
     codec = ScalableCodec.from_weights(with_residual=False)
-    image = kodak(shared_dir, "19.png")[:200, :300]
+    image = synthetic_photo(200, 300, seed=19)
     data = codec.encode_base(image, 0.5).data
     exact, fast = codec.decode_machine(data), codec.decode_machine(data, exact_pixels=False)
     assert np.abs(exact.astype(int) - fast.astype(int)).max() <= 2

@@ -11,14 +11,14 @@ from icmh.codec import BitstreamError, ScalableCodec, inspect
 from icmh.codec import classical_residual as avif
 from icmh.codec.bitstream import LayerKind, pack, unpack
 from icmh.service.images import psnr
-from tests.test_codec import kodak
+from tests.test_codec import synthetic_photo
 
 pytestmark = pytest.mark.skipif(not avif.available(), reason="Pillow without AVIF support")
 
 
 @pytest.fixture(scope="module")
-def photo(shared_dir: Path) -> np.ndarray:
-    return kodak(shared_dir, "23.png")[:200, :301]
+def photo() -> np.ndarray:
+    return synthetic_photo(200, 301, seed=23)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def manifests() -> dict[tuple[str, str], dict]:
 
 def test_container_compose_and_kubernetes_flags_are_cloud_server_flags() -> None:
     command = entrypoint()
-    assert command[0] == "cloud-server"
+    assert command[0] == "icmh-cloud"
     args = build_parser().parse_args(command[1:])
     assert (args.listen, args.metrics_port) == ("0.0.0.0:50051", 9102)
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())

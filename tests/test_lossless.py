@@ -98,6 +98,7 @@ print(hashlib.sha256(codec.decode_original(read('.base'), read('.lossless'), rea
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pr", "fr"])
 def test_lossless_decode_is_exact_in_other_processes(tiny_weights: Path, photo: np.ndarray, tmp_path: Path,
                                                       mode: str) -> None:
@@ -112,6 +113,7 @@ def test_lossless_decode_is_exact_in_other_processes(tiny_weights: Path, photo: 
         assert stdout.split()[-1] == expected, setting
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["frame", "residual"])
 def test_cli_lossless_round_trip(tiny_weights: Path, shared_dir: Path, tmp_path: Path, method: str) -> None:
     image = tmp_path / "in.png"

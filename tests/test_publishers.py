@@ -128,6 +128,7 @@ def test_each_sink_resumes_from_its_own_cursor_after_a_crash(tmp_path: Path) -> 
     index.close()
 
 
+@pytest.mark.slow
 def test_broker_outages_mid_stream_lose_and_duplicate_nothing(tmp_path: Path, tiny_weights: Path,
                                                               shared_dir: Path) -> None:
     """NATS is down when the cloud starts, Mosquitto restarts in the middle of the stream, then NATS does: the

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from service_support import (
     DETECTOR_IMGSZ,
     VIDEO,
@@ -48,6 +49,7 @@ def cloud_process(tmp: Path, port: int, weights: Path, shared_dir: Path) -> subp
     return process
 
 
+@pytest.mark.slow
 def test_cloud_killed_and_restarted_mid_stream_detects_every_frame_once(tmp_path: Path, tiny_weights: Path,
                                                                         shared_dir: Path) -> None:
     port, jsonl = free_port(), tmp_path / "detections.jsonl"
@@ -98,6 +100,7 @@ def test_edge_restart_keeps_residual_store_and_numbering(tmp_path: Path, tiny_we
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_edge_cli_streams_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_weights: Path, shared_dir: Path) -> None:
     server = start_cloud(tmp_path, tiny_weights, shared_dir, {"cam-cli": "token-cli"})
     edge = subprocess.Popen(

@@ -156,6 +156,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, shared_di
         cloud.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_live_detections_arrive_in_the_browser(site: Site) -> None:
     page = site.live
     page.wait_for_function("n => document.querySelectorAll('#feed li').length >= n", arg=FRAMES)
@@ -182,6 +183,7 @@ def test_live_detections_arrive_in_the_browser(site: Site) -> None:
     screenshot(page, "live.png")
 
 
+@pytest.mark.slow
 def test_inspector_opens_a_frame_in_human_and_original_quality(site: Site) -> None:
     page = site.new_page()
     try:
@@ -216,6 +218,7 @@ def test_inspector_opens_a_frame_in_human_and_original_quality(site: Site) -> No
         page.close()
 
 
+@pytest.mark.slow
 def test_viewer_is_refused_human_quality_and_rates_by_the_cloud(site: Site) -> None:
     page = site.new_page()
     try:
@@ -238,6 +241,7 @@ def test_viewer_is_refused_human_quality_and_rates_by_the_cloud(site: Site) -> N
     assert [(r.frame_id, r.quality, r.outcome) for r in records] == [(2, operator_pb2.QUALITY_HUMAN, "denied")]
 
 
+@pytest.mark.slow
 def test_admin_changes_the_rates(site: Site) -> None:
     page = site.new_page()
     try:
@@ -253,6 +257,7 @@ def test_admin_changes_the_rates(site: Site) -> None:
     assert camera.config.base_rate == pytest.approx(0.3) and camera.config.residual_rate == pytest.approx(0.6)
 
 
+@pytest.mark.slow
 def test_wrong_token_is_refused_and_closing_the_tab_ends_the_subscription(site: Site) -> None:
     wait_for(lambda: site.cloud.hub.count == 1, what="the earlier tabs' subscriptions to end")  # the live tab's
     page = site.new_page()
@@ -270,6 +275,7 @@ def test_wrong_token_is_refused_and_closing_the_tab_ends_the_subscription(site: 
         page.close()
 
 
+@pytest.mark.slow
 def test_api_refusals_and_bad_input(site: Site) -> None:
     refusals = ("icmh_cloud_auth_refusals_total", {"code": "unauthenticated"})
     before = site.cloud.metrics.registry.get_sample_value(*refusals) or 0.0
@@ -308,6 +314,7 @@ def test_api_refusals_and_bad_input(site: Site) -> None:
 
 
 
+@pytest.mark.slow
 def test_icmh_web_over_https_to_a_tls_cloud_exits_0_on_sigterm(tmp_path: Path, tiny_weights: Path,
                                                                 shared_dir: Path) -> None:
     """The real ``icmh-web`` process: HTTPS to the browser, TLS to the cloud (``--tls-ca``); plain gRPC to a TLS

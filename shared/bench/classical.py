@@ -180,12 +180,3 @@ def select_codecs(names: list[str] | None = None) -> tuple[list[ClassicalCodec],
             skipped[name] = f"skipped: needs {codec.requirement}, not installed on this machine"
     return chosen, skipped
 
-
-def tool_versions() -> dict[str, str]:
-    """Versions of the external codec tools found on this machine."""
-    versions = {"libavif (Pillow)": str(features.version("avif"))}
-    for tool, flag in (("ffmpeg", "-version"), ("cjxl", "--version")):
-        if shutil.which(tool):
-            out = subprocess.run([tool, flag], capture_output=True, text=True)
-            versions[tool] = ((out.stdout or out.stderr).splitlines() or ["?"])[0].strip()
-    return versions

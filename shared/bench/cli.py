@@ -1,6 +1,6 @@
 """``bench`` subcommands: ``machine`` (mAP vs bpp), ``human`` (PSNR / MS-SSIM vs bpp), ``speed`` (fps, memory),
 ``service`` (one camera end to end through the gRPC service), ``scale`` (many cameras against one cloud),
-``edge`` (lazy vs eager residual policy), ``lossless`` (evidence-layer size).
+``edge`` (edge throughput: base only, lazy and eager residual policies), ``lossless`` (evidence-layer size).
 
 Hooked into ``icmh`` by ``add_bench_parser(subparsers)``; also runnable on its own as
 ``python -m icmh.bench.cli {machine,human,speed,service,scale} ...``. Heavy imports happen only when a
@@ -10,6 +10,7 @@ benchmark runs, so building the parser stays cheap.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -119,7 +120,8 @@ def cmd_service(args: argparse.Namespace) -> None:
 def cmd_scale(args: argparse.Namespace) -> None:
     from .scale import run_scale
 
-    for path in run_scale(_stream_options(args), args.cameras, args.seconds, args.edge):
+    for path in run_scale(_stream_options(args), args.cameras, args.seconds, args.edge, args.replicas,
+                          args.postgres):
         print(path)
 
 
@@ -128,7 +130,7 @@ def cmd_edge(args: argparse.Namespace) -> None:
 
     for path in run_edge_policy(Path(args.shared), Path(args.out), Path(args.weights) if args.weights else None,
                                 args.mode, args.sizes, args.frames, args.rate, args.residual_rate, args.threads,
-                                _command(args)):
+                                _command(args), args.inspect):
         print(path)
 
 
@@ -205,19 +207,29 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     v.add_argument("--inspect", type=int, default=10, metavar="K", help="frames fetched by GetFrame MACHINE and HUMAN")
     v.set_defaults(func=cmd_service)
 
-    c = sub.add_parser("scale", help="1, 4, 16 cameras against one cloud server: throughput, latency, cloud CPU/RSS")
+    c = sub.add_parser("scale", help="1, 4, 16 cameras against 1, 2, 4 ... cloud replicas: throughput, latency, "
+                                     "cloud CPU/RSS, lost and duplicated frames")
     streaming(c, 1.0)
     c.add_argument("--cameras", type=_counts, default=_counts("1,4,16"), help="camera counts, one run each")
     c.add_argument("--seconds", type=float, default=30.0, help="seconds each camera sends, per configuration")
     c.add_argument("--edge", choices=("replay", "node"), default="replay",
                    help="replay: pre-encoded layers through the edge's link code (light); node: edge-node processes")
+    c.add_argument("--replicas", type=_counts, default=(1,),
+                   help="cloud replica counts sharing one PostgreSQL index, each run with every camera count")
+    c.add_argument("--postgres", default=os.environ.get("ICMH_BENCH_POSTGRES") or None, metavar="URL",
+                   help="PostgreSQL server for the replicas' index, a user that may create databases (default "
+                        "$ICMH_BENCH_POSTGRES; without: one cloud on SQLite)")
     c.set_defaults(func=cmd_scale)
 
-    g = sub.add_parser("edge", help="edge residual policies lazy vs eager: capture fps, storage/hour, inspection")
+    g = sub.add_parser("edge", help="edge throughput per camera resolution, base only vs residual policies lazy / "
+                                    "eager: capture fps, CPU per frame, storage/hour, inspection latency")
     g.add_argument("--weights", help="codec weights folder (default: shipped shared/weights)")
     g.add_argument("--mode", choices=("pr", "fr", "avif"), default="pr", help="residual layer kind")
-    g.add_argument("--sizes", type=_sizes, default=_sizes("640x360,1280x720"), help="frame sizes WxH")
-    g.add_argument("--frames", type=int, default=8, help="frames captured per size and policy")
+    g.add_argument("--resolutions", "--sizes", dest="sizes", type=_sizes,
+                   default=_sizes("640x360,1280x720,1920x1080"), help="camera resolutions WxH")
+    g.add_argument("--frames", type=int, default=8, help="frames captured per resolution and policy")
+    g.add_argument("--inspect", type=int, metavar="K",
+                   help="frames inspected (HUMAN, ORIGINAL) per resolution and policy (default: all; 0: none)")
     g.add_argument("--rate", type=float, default=0.5, help="base-layer rate R")
     g.add_argument("--residual-rate", type=float, default=0.5, help="residual-layer rate R")
     g.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
@@ -231,7 +243,21 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     x.add_argument("--base-rate", type=float, default=0.5, help="base-layer R under the residual layers")
     x.add_argument("--traffic-frames", type=int, default=6, help="frames taken from each traffic video")
     x.set_defaults(func=cmd_lossless)
+
+    for p in sub.choices.values():  # every benchmark: no report into the checkout from uncommitted code
+        p.add_argument("--allow-dirty", action="store_true",
+                       help="record a report in the checkout although its code has uncommitted changes "
+                            '(it then says "dirty": true)')
+        p.set_defaults(run=p.get_default("func"), func=_checked)
     return bench
+
+
+def _checked(args: argparse.Namespace) -> None:
+    """Run the benchmark ``args.run`` unless its report would come from a dirty checkout (see ``check_work_tree``)."""
+    from .report import check_work_tree
+
+    check_work_tree(Path(args.out), args.allow_dirty)
+    args.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

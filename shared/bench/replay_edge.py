@@ -2,7 +2,7 @@
 
 :func:`write_clip` codes a few frames of a video once (base + residual layer, and the ``Hello`` naming the
 codec). Each simulated camera is then a small process, ``python -m icmh.bench.replay_edge``, that does what
-an ``edge-node`` does minus the camera and the codec: every 1/fps seconds the next clip frame gets a frame id
+an ``icmh-edge`` does minus the camera and the codec: every 1/fps seconds the next clip frame gets a frame id
 in a real :class:`~icmh.edge.store.EdgeStore` (capture time = now) and goes out through the edge's own
 :class:`~icmh.edge.link.CloudLink` (Hello, window of unacked packets, acks, resends after a reconnect, residual
 requests answered). It imports neither torch nor OpenCV, so many fit on one small machine. After ``--frames``
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--camera-id", required=True)
     p.add_argument("--token", default=os.environ.get("ICMH_EDGE_TOKEN"), help="default: $ICMH_EDGE_TOKEN")
-    p.add_argument("--cloud", required=True, help="cloud server host:port")
+    p.add_argument("--cloud", required=True, help="cloud server host:port (replicas: host:port,host:port,...)")
     p.add_argument("--clip", type=Path, required=True, help="folder written by write_clip")
     p.add_argument("--fps", type=float, default=1.0)
     p.add_argument("--frames", type=int, required=True, help="frames to number and send")

@@ -1,15 +1,22 @@
-"""What every benchmark run records (machine, versions, commit, command, image count) and how it is written.
+"""What every benchmark run records (machine, package and codec-tool versions, commit, command, image count) and
+how it is written.
 
-Results go to ``<out>/<name>.json`` (non-finite numbers as ``null``) and ``<out>/<name>.png``.
+Results go to ``<out>/<name>.json`` (non-finite numbers as ``null``) and ``<out>/<name>.png``. A run records
+the commit of the checkout and whether its code had uncommitted changes (``"dirty"``); :func:`check_work_tree`
+refuses, before a benchmark starts, to write a report into the checkout (e.g. ``docs/benchmarks``) from such a
+tree unless asked to (``--allow-dirty``), so a committed report always names the code that produced it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 from collections.abc import Sequence
 from importlib import metadata
@@ -21,9 +28,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (source tree); not one for an installed package
 PACKAGES = ("torch", "compressai", "ultralytics", "opencv-python", "opencv-python-headless", "pillow", "numpy",
             "pytorch-msssim", "scipy")
+#: what a benchmark's figures depend on: the code, the shipped weights and the pinned versions (not docs/ or tests/)
+CODE_PATHS = ("shared", "edge_node", "cloud_server", "proto", "pyproject.toml", "constraints.txt")
+#: shared libraries of the classical anchors (those ffmpeg links on Debian): name -> (library, symbol, the symbol
+#: is a ``const char *`` variable or a function returning one)
+CODEC_LIBRARIES = {"libx265": ("x265", "x265_version_str", "variable"),
+                   "libaom": ("aom", "aom_codec_version_str", "function")}
 
 
 def cpu_model() -> str:
@@ -46,15 +59,85 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> str:
-    """HEAD of the project repository, with ``+dirty`` when the work tree has changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+def _library_version(library: str, symbol: str, kind: str) -> str | None:
+    """The version string a shared library reports, with the file it came from (None: library not found)."""
+    found = ctypes.util.find_library(library)
+    if found is None:
+        return None
+    try:
+        lib = ctypes.CDLL(found)
+        if kind == "variable":
+            value = ctypes.c_char_p.in_dll(lib, symbol).value
+        else:
+            function = getattr(lib, symbol)
+            function.restype, function.argtypes = ctypes.c_char_p, []
+            value = function()
+    except (OSError, AttributeError, ValueError):  # unloadable library, missing symbol
+        return None
+    return f"{value.decode(errors='replace')} ({found})" if value else None
 
-    commit = git("rev-parse", "HEAD")
-    if not commit:
-        return "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the classical codecs' tools and libraries found on this machine (absent ones are left out):
+    ffmpeg, libx265, libaom, cjxl, Pillow's libavif."""
+    from PIL import features
+
+    versions = {}
+    for tool, flag in (("ffmpeg", "-version"), ("cjxl", "--version")):
+        if shutil.which(tool):
+            out = subprocess.run([tool, flag], capture_output=True, text=True)
+            versions[tool] = ((out.stdout or out.stderr).splitlines() or ["?"])[0].strip()
+    for name, (library, symbol, kind) in CODEC_LIBRARIES.items():
+        version = _library_version(library, symbol, kind)
+        if version:
+            versions[name] = version
+    avif = features.version("avif")
+    if avif:
+        versions["libavif (Pillow)"] = str(avif)
+    return versions
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    except OSError:  # no git
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def source_state() -> dict[str, Any]:
+    """The code a run uses: ``git_commit`` of the checkout and ``dirty`` (uncommitted or untracked files among
+    :data:`CODE_PATHS`, listed in ``dirty_paths``); an installed package has no checkout: its version instead,
+    ``dirty`` None."""
+    top = _git("rev-parse", "--show-toplevel").strip()
+    if not (REPO_ROOT / "pyproject.toml").is_file() or not top or Path(top).resolve() != REPO_ROOT:
+        try:
+            version = metadata.version("icmh-traffic")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        return {"git_commit": "unknown", "dirty": None, "package": f"icmh-traffic {version} (no checkout)"}
+    changed = _git("status", "--porcelain", "--", *CODE_PATHS).splitlines()
+    state: dict[str, Any] = {"git_commit": _git("rev-parse", "HEAD").strip() or "unknown", "dirty": bool(changed)}
+    if changed:
+        state["dirty_paths"] = sorted(line[3:] for line in changed)
+    return state
+
+
+def check_work_tree(out: Path, allow_dirty: bool = False) -> None:
+    """Refuse (``ValueError``) to record a report inside the checkout while its code has uncommitted changes,
+    unless ``allow_dirty`` (the report then says ``"dirty": true``). Reports written elsewhere (a temporary
+    folder, a test) are never refused; they carry the same ``dirty`` field."""
+    if allow_dirty:
+        return
+    out = out.resolve()
+    if out != REPO_ROOT and REPO_ROOT not in out.parents:
+        return
+    state = source_state()
+    if state["dirty"]:
+        paths = state["dirty_paths"]
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        raise ValueError(f"the checkout has uncommitted changes ({shown}): commit them before recording a report "
+                         f"in {out}, or pass --allow-dirty (the report then records \"dirty\": true)")
 
 
 def run_metadata(command: str, image_count: int, threads: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,10 +146,11 @@ def run_metadata(command: str, image_count: int, threads: int, extra: dict[str, 
         "command": command,
         "image_count": image_count,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        **source_state(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch_threads": threads},
         "versions": package_versions(),
+        "tool_versions": tool_versions(),
         **(extra or {}),
     }
 

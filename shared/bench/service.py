@@ -1,6 +1,6 @@
 """Service benchmark: one camera through the real gRPC service on 127.0.0.1, end to end.
 
-A ``cloud-server`` and an ``edge-node`` process are started as ``deploy/demo.py`` starts them (fresh data
+An ``icmh-cloud`` and an ``icmh-edge`` process are started as ``deploy/demo.py`` starts them (fresh data
 folders, metrics endpoints off). The edge codes ``frames`` frames of the video at ``fps``; the benchmark waits
 until the cloud's JSON Lines sink holds every one (or a time bound passes), then asks the Operator API for
 K of them, spread over the run, in MACHINE and then HUMAN quality (each request decodes: the cloud's PNG cache
@@ -157,7 +157,7 @@ def run_service(options: StreamOptions, frames: int = 60, inspect: int = 10) -> 
     payload = {
         "benchmark": "service",
         "meta": options.metadata(frames, weights, {"frames": frames, "inspect": inspect, "camera": CAMERA}),
-        "protocol": f"cloud-server and edge-node processes on {LOOPBACK}, fresh data folders; {frames} frames at "
+        "protocol": f"icmh-cloud and icmh-edge processes on {LOOPBACK}, fresh data folders; {frames} frames at "
                     f"{options.fps:g} fps; latency from the edge's capture time (before encoding) to the arrival "
                     "on a Detections.Subscribe stream (published) or to the cloud's detect time (JSONL sink); "
                     "GetFrame timed from this client after streaming, MACHINE then HUMAN per inspected frame, after "

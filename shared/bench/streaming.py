@@ -1,5 +1,5 @@
 """What the service benchmarks (``service``, ``scale``) share: their options, the weights they describe, a work
-folder, and a ``cloud-server`` on loopback with a live detections feed, waited on until every frame is detected.
+folder, and an ``icmh-cloud`` on loopback with a live detections feed, waited on until every frame is detected.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ RESIDUAL_CODECS = {"pr": "pr-icmh", "fr": "fr-icmh"}
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """Flags of ``bench service`` and ``bench scale`` (see :mod:`icmh.bench.cli`)."""
+    """Flags of ``bench service`` and ``bench scale``; their defaults are the parser's (:mod:`icmh.bench.cli`)."""
 
     weights: Path | None
     shared: Path
@@ -35,11 +35,11 @@ class StreamOptions:
     size: tuple[int, int]
     fps: float
     detector: Path
-    detector_imgsz: int = 640
-    mode: str = "pr"
-    rate: float = 0.5
-    residual_rate: float = 0.5
-    workdir: Path | None = None  # None: a temporary folder, removed after a successful run
+    detector_imgsz: int
+    mode: str
+    rate: float
+    residual_rate: float
+    workdir: Path | None  # None: a temporary folder, removed after a successful run
 
     def check(self) -> None:
         if self.fps <= 0 or self.threads < 1:
@@ -51,7 +51,7 @@ class StreamOptions:
                 raise FileNotFoundError(f"{what} not found: {path}")
 
     def edge_args(self) -> list[str]:
-        """``edge-node`` flags for the frame size, residual mode and rates (eager residuals: their sizes are
+        """``icmh-edge`` flags for the frame size, residual mode and rates (eager residuals: their sizes are
         reported with every base packet, which the service benchmark's per-frame figures need)."""
         return ["--width", str(self.size[0]), "--height", str(self.size[1]), "--mode", self.mode,
                 "--rate", str(self.rate), "--residual-rate", str(self.residual_rate), "--fps", str(self.fps),
@@ -102,7 +102,7 @@ def workspace(options: StreamOptions, name: str) -> Iterator[Path]:
 @contextmanager
 def cloud_with_feed(services: LocalServices, options: StreamOptions, cameras: list[str],
                     jsonl: Path) -> Iterator[tuple[ServiceProcess, int, DetectionFeed]]:
-    """A ``cloud-server`` for ``cameras`` writing ``jsonl``, and a feed of all its results (closed on exit)."""
+    """An ``icmh-cloud`` for ``cameras`` writing ``jsonl``, and a feed of all its results (closed on exit)."""
     cloud, port = services.start_cloud({c: token(c) for c in cameras}, options.weights, options.detector,
                                        detections_jsonl=jsonl, threads=options.threads,
                                        extra=["--detector-imgsz", str(options.detector_imgsz),
@@ -114,11 +114,15 @@ def cloud_with_feed(services: LocalServices, options: StreamOptions, cameras: li
         feed.close()
 
 
-def wait_detected(services: LocalServices, jsonl: Path, expected: Mapping[str, int], timeout: float) -> bool:
-    """Wait until the sink holds frames 1..n of every camera (n = ``expected[camera]``); False on timeout."""
+def wait_detected(services: LocalServices, jsonl: Path | Sequence[Path], expected: Mapping[str, int],
+                  timeout: float) -> bool:
+    """Wait until the sink (several replicas: their sinks together) holds frames 1..n of every camera
+    (n = ``expected[camera]``); False on timeout."""
+    files = [jsonl] if isinstance(jsonl, Path) else list(jsonl)
+
     def done() -> bool:
         seen: dict[str, set[int]] = {}
-        for record in read_jsonl(jsonl):
+        for record in (r for path in files for r in read_jsonl(path)):
             seen.setdefault(record["camera_id"], set()).add(record["frame_id"])
         return all(seen.get(c, set()) >= set(range(1, n + 1)) for c, n in expected.items())
 

@@ -50,6 +50,10 @@ class EdgeLinkServicer:
         wrong token), PERMISSION_DENIED (unknown camera), FAILED_PRECONDITION (codec
         models differ from the cloud's) or INVALID_ARGUMENT (malformed Hello).
         A new stream of a camera replaces its previous one.
+        Several replicas on one index: a replica that does not hold the camera's lease ends the call with
+        UNAVAILABLE and the trailing metadata `icmh-owner-address` (host:port of the replica to connect to),
+        `icmh-owner-replica` (its id) and `icmh-lease-remaining-ms` (how long that lease lasts unless renewed).
+        A replica that loses the lease of a connected camera ends its stream the same way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,10 +1,11 @@
-"""Services on this machine: ``cloud-server`` and ``edge-node`` (or any module) as child processes on loopback.
+"""Services on this machine: ``icmh-cloud`` and ``icmh-edge`` (or any module) as child processes on loopback.
 
 :class:`LocalServices` starts each process with its output in ``<workdir>/<name>.log``, notices when one
 exits while it is being waited for (:class:`ServiceError` with the end of its log) and stops them all
 with SIGTERM (then SIGKILL) when its ``with`` block ends, also on an error or when the parent itself gets SIGTERM
 (in the main thread, the block turns it into ``SystemExit``). Used by ``deploy/demo.py``,
-``icmh bench service`` / ``scale`` and the service tests.
+``icmh bench service`` / ``scale`` and the service tests. A child is this interpreter running ``python -m
+icmh...`` in the caller's working directory (relative paths mean what they mean to the caller), installed or not.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 CLOUD_START_S = 180.0  # torch + YOLO import on a busy machine
 T = TypeVar("T")
@@ -76,12 +76,12 @@ class ServiceProcess:
 
 
 class LocalServices:
-    """Child processes started from the repository root, stopped (edges first: reverse start order) on exit."""
+    """Child processes, stopped (edges first: reverse start order) on exit."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.env = {**os.environ, **(env or {})}
         self.processes: list[ServiceProcess] = []
         self.exit_codes: dict[str, int | str] = {}
         self._previous_handler: Any = None
@@ -103,7 +103,7 @@ class LocalServices:
         """``python -m module argv...`` with stdout and stderr in ``<workdir>/<name>.log``."""
         log = self.workdir / f"{name}.log"
         with log.open("w") as out:
-            process = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, stdout=out,
+            process = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=out,
                                        stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
         service = ServiceProcess(name, process, log)
         self.processes.append(service)
@@ -112,7 +112,7 @@ class LocalServices:
     def start_cloud(self, cameras: dict[str, str], weights: Path | None, detector: Path, *, name: str = "cloud",
                     detections_jsonl: Path | None = None, threads: int = 0, extra: Sequence[str] = (),
                     timeout: float = CLOUD_START_S) -> tuple[ServiceProcess, int]:
-        """``cloud-server`` on a free loopback port for ``cameras`` (id -> token), metrics off; waits until it
+        """``icmh-cloud`` on a free loopback port for ``cameras`` (id -> token), metrics off; waits until it
         serves and returns it with its port."""
         ready = self.workdir / f"{name}.port"
         ready.unlink(missing_ok=True)
@@ -129,7 +129,7 @@ class LocalServices:
 
     def start_edge(self, camera_id: str, token: str, port: int, source: str | Path, weights: Path | None, *,
                    name: str | None = None, threads: int = 0, extra: Sequence[str] = ()) -> ServiceProcess:
-        """``edge-node`` of ``camera_id`` streaming ``source`` to the cloud on ``port``, data in
+        """``icmh-edge`` of ``camera_id`` streaming ``source`` to the cloud on ``port``, data in
         ``<workdir>/<name>``, metrics off, token in the environment."""
         name = name or f"edge-{camera_id}"
         argv = ["--camera-id", camera_id, "--cloud", f"{LOOPBACK}:{port}", "--source", str(source),

@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,45 +31,13 @@ from ..codec.exact import exact_arithmetic
 from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model
 from ..codec.rate import RATE_STEPS, lambda_for_index
 from ..codec.weights import LoadedModel, load_layer, load_state, prepare
-from ..paths import data_root
+from .config import KIND_ARCHITECTURE, TrainConfig
 from .data import CropSampler, load_detection_monitor_set, load_training_set
 from .detector_features import DetectorFeatureLoss
 from .masks import cached_masks
 
 MONITOR_RATES = (0.0, 0.3, 0.6)
 MONITOR_BPP = (0.1, 0.2)  # the score is the fidelity interpolated at these rates (bits per pixel)
-KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh", "fr": "fr-icmh", "single": "single"}
-DEFAULT_LAMBDAS = {"base": (0.002, 0.06), "pr": (0.002, 0.05), "fr": (0.002, 0.05), "single": (0.002, 0.05)}
-
-
-@dataclass
-class TrainConfig:
-    kind: str  # base | pr | fr | single
-    out_dir: Path
-    shared_dir: Path = field(default_factory=data_root)
-    architecture: str | None = None
-    base_weights: Path | None = None  # frozen base (pr / fr)
-    mask_provider: str = "boxes"
-    detector: Path | None = None
-    sam_checkpoint: Path | None = None
-    lambda_min: float | None = None
-    lambda_max: float | None = None
-    steps: int = 100_000
-    batch: int = 16
-    crop: int = 128
-    lr: float = 2e-4
-    threads: int = 2
-    checkpoint_minutes: float = 10.0
-    validate_every: int = 500
-    max_minutes: float | None = None
-    seed: int = 0
-    init_from: Path | None = None  # warm start (matching parameters only)
-    background_weight: float = 0.0  # base: weight of the squared error outside the mask (0: SA-ICM as published)
-    feature_weight: float = 0.0  # base: weight of the detector-feature distance (0: SA-ICM as published)
-
-    def lambdas(self) -> tuple[float, float]:
-        lo, hi = DEFAULT_LAMBDAS[self.kind]
-        return (self.lambda_min or lo, self.lambda_max or hi)
 
 
 def to_tensor(batch: np.ndarray) -> Tensor:

@@ -1,0 +1,55 @@
+"""What a training run is configured with (:class:`TrainConfig`), kept free of torch so that ``icmh train``'s
+parser takes its defaults from here without loading the trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..paths import data_root
+
+KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh", "fr": "fr-icmh", "single": "single"}
+DEFAULT_LAMBDAS = {"base": (0.002, 0.06), "pr": (0.002, 0.05), "fr": (0.002, 0.05), "single": (0.002, 0.05)}
+MASK_PROVIDERS = ("boxes", "edges", "boxes+edges", "sam")
+
+
+@dataclass
+class TrainConfig:
+    kind: str  # base | pr | fr | single
+    out_dir: Path
+    shared_dir: Path = field(default_factory=data_root)
+    architecture: str | None = None
+    base_weights: Path | None = None  # frozen base (pr / fr)
+    mask_provider: str = "boxes"  # one of MASK_PROVIDERS
+    detector: Path | None = None
+    sam_checkpoint: Path | None = None
+    lambda_min: float | None = None
+    lambda_max: float | None = None
+    steps: int = 100_000
+    batch: int = 16
+    crop: int = 128
+    lr: float = 2e-4
+    threads: int = 2
+    checkpoint_minutes: float = 10.0
+    validate_every: int = 1000
+    max_minutes: float | None = None
+    seed: int = 0
+    init_from: Path | None = None  # warm start (matching parameters only)
+    background_weight: float = 0.0  # base: weight of the squared error outside the mask (0: SA-ICM as published)
+    feature_weight: float = 0.0  # base: weight of the detector-feature distance (0: SA-ICM as published)
+
+    def lambdas(self) -> tuple[float, float]:
+        lo, hi = DEFAULT_LAMBDAS[self.kind]
+        return (self.lambda_min or lo, self.lambda_max or hi)
+
+
+def config_default(name: str) -> Any:
+    """The default of the :class:`TrainConfig` field ``name`` (the one place a training default is set)."""
+    found = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    if found.default_factory is not dataclasses.MISSING:
+        return found.default_factory()
+    if found.default is dataclasses.MISSING:
+        raise KeyError(f"TrainConfig.{name} has no default")
+    return found.default
