@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import grpc
 
 from icmh.rpc import detections_pb2, edge_pb2, operator_pb2
+from icmh.service.grpc_setup import bearer_token
 
 from .auth import OPEN_ACCESS, Identity, OperatorRegistry, Role
 from .metrics import CloudMetrics
@@ -129,11 +130,11 @@ class OperatorAccess(grpc.ServerInterceptor):
         if len(values) > 1:
             self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "more than one authorization header")
         if values:
-            scheme, _, token = str(values[0]).strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            token = bearer_token(str(values[0]))
+            if token is None:
                 self._refuse(context, grpc.StatusCode.UNAUTHENTICATED,
                              "authorization metadata must be 'Bearer TOKEN'")
-            identity = self.operators.by_token(token.strip())
+            identity = self.operators.by_token(token)
             if identity is None:
                 log.warning("wrong operator token from %s", context.peer())
                 self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "unknown operator token")

@@ -64,6 +64,14 @@ class AuditRecord:
         return operator_pb2.AuditRecord(time=to_timestamp(self.time_ns), **fields)
 
 
+def check_ids(context: grpc.ServicerContext, camera_id: str, *frame_ids: int) -> None:
+    """INVALID_ARGUMENT for a camera id or frame ids no camera can have (before they reach SQLite)."""
+    if len(camera_id) > MAX_ID_CHARS:
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"camera_id longer than {MAX_ID_CHARS} characters")
+    if any(f > MAX_FRAME_ID for f in frame_ids):
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"frame ids are at most {MAX_FRAME_ID}")
+
+
 class AuditLog:
     """Durable audit rows (``audit.db``), pruned by age only (its own retention, apart from the frame index)."""
 

@@ -12,7 +12,7 @@ import collections
 import logging
 import threading
 import time
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
 import grpc
 
@@ -24,8 +24,8 @@ from icmh.service.images import encode_png
 from icmh.service.residual_modes import PROTO_OF_MODE
 from icmh.service.timestamps import to_timestamp
 
-from .access import OperatorAccess
-from .audit import MAX_FRAME_ID, MAX_ID_CHARS, AuditLog, InspectionGuard, audited
+from .access import OperatorAccess, abort
+from .audit import AuditLog, InspectionGuard, audited, check_ids
 from .auth import CameraRegistry, Role
 from .codecs import CloudCodecs
 from .edge_sessions import EdgeOffline, EdgeSessions, ResidualNotFound
@@ -81,19 +81,6 @@ def frame_info(record: FrameRecord) -> operator_pb2.FrameInfo:
     )
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
-    raise AssertionError("unreachable: abort raises")
-
-
-def _check_ids(context: grpc.ServicerContext, camera_id: str, *frame_ids: int) -> None:
-    """INVALID_ARGUMENT for a camera id or frame ids no camera can have (before they reach SQLite)."""
-    if len(camera_id) > MAX_ID_CHARS:
-        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"camera_id longer than {MAX_ID_CHARS} characters")
-    if any(f > MAX_FRAME_ID for f in frame_ids):
-        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"frame ids are at most {MAX_FRAME_ID}")
-
-
 class OperatorService(operator_pb2_grpc.OperatorServicer):
     def __init__(self, registry: CameraRegistry, index: FrameIndex, sessions: EdgeSessions, codecs: CloudCodecs,
                  metrics: CloudMetrics, residual_timeout_s: float = 5.0, cache_frames: int = 64, *,
@@ -136,8 +123,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     def ListFrames(self, request: operator_pb2.ListFramesRequest,  # noqa: N802
                    context: grpc.ServicerContext) -> operator_pb2.ListFramesResponse:
         if not request.camera_id:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "camera_id is required")
-        _check_ids(context, request.camera_id, request.min_frame_id, request.max_frame_id)
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "camera_id is required")
+        check_ids(context, request.camera_id, request.min_frame_id, request.max_frame_id)
         self.access.require(context, Role.VIEWER, request.camera_id)
         limit = min(request.limit or 100, MAX_LIST)
         records = self.index.frames(request.camera_id, request.min_frame_id, request.max_frame_id, limit)
@@ -149,11 +136,11 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         camera_id, frame_id = request.camera_id, request.frame_id
         quality = request.quality or Quality.QUALITY_MACHINE
         if quality not in (Quality.QUALITY_MACHINE, Quality.QUALITY_HUMAN, Quality.QUALITY_ORIGINAL):
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown quality {quality}")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown quality {quality}")
         record = self.index.frame(camera_id, frame_id)
         base = self.index.base_layer(camera_id, frame_id) if record else None
         if record is None or base is None:
-            _abort(context, grpc.StatusCode.NOT_FOUND,
+            abort(context, grpc.StatusCode.NOT_FOUND,
                    f"camera {camera_id!r} has no frame {frame_id} in the index (not received, or removed by retention)")
         key = (camera_id, frame_id, quality)
         cached = self.cache.get(key)
@@ -183,7 +170,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             image = self.codecs.decode_human(base, residual)
         except BitstreamError as exc:
             self.metrics.errors.labels("residual_decode").inc()
-            _abort(context, grpc.StatusCode.DATA_LOSS, f"residual of frame {record.frame_id} does not decode: {exc}")
+            abort(context, grpc.StatusCode.DATA_LOSS, f"residual of frame {record.frame_id} does not decode: {exc}")
         self.metrics.decode_seconds.labels("human").observe(time.perf_counter() - start)
         return Decoded(encode_png(image), len(residual))
 
@@ -198,7 +185,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             image = self.codecs.decode_original(base, layer, residual)
         except BitstreamError as exc:
             self.metrics.errors.labels("lossless_decode").inc()
-            _abort(context, grpc.StatusCode.DATA_LOSS,
+            abort(context, grpc.StatusCode.DATA_LOSS,
                    f"lossless layer of frame {record.frame_id} does not decode: {exc}")
         self.metrics.decode_seconds.labels("original").observe(time.perf_counter() - start)
         return Decoded(encode_png(image), len(residual or b""), len(layer))
@@ -213,7 +200,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             self.metrics.errors.labels("edge_offline").inc()
             needs = "original quality needs its lossless layer" if lossless_layer else \
                 "human quality needs its residual layer"
-            _abort(context, grpc.StatusCode.UNAVAILABLE, f"edge of camera {camera_id} is offline: {needs}")
+            abort(context, grpc.StatusCode.UNAVAILABLE, f"edge of camera {camera_id} is offline: {needs}")
         start = time.perf_counter()
         try:
             if session is not None:
@@ -224,24 +211,24 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                                                    self.residual_timeout_s)
         except EdgeOffline as exc:
             self.metrics.errors.labels("edge_offline").inc()
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         except ResidualNotFound as exc:
             self.metrics.errors.labels("residual_not_found").inc()
-            _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         self.metrics.residual_fetch_seconds.observe(time.perf_counter() - start)
         return residual
 
     def ConfigureCamera(self, request: operator_pb2.ConfigureCameraRequest,  # noqa: N802
                         context: grpc.ServicerContext) -> operator_pb2.ConfigureCameraResponse:
-        _check_ids(context, request.camera_id)
+        check_ids(context, request.camera_id)
         self.access.require(context, Role.ADMIN, request.camera_id)
         entry = self.registry.get(request.camera_id)
         if entry is None:
-            _abort(context, grpc.StatusCode.NOT_FOUND, f"camera {request.camera_id!r} is not registered")
+            abort(context, grpc.StatusCode.NOT_FOUND, f"camera {request.camera_id!r} is not registered")
         try:
             changes = config_from_proto(request.config)
         except ValueError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         stored = self.index.set_camera_config(request.camera_id, changes)
         session = self.sessions.get(request.camera_id)
         if session is not None:
@@ -256,7 +243,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     def ListAudit(self, request: operator_pb2.ListAuditRequest,  # noqa: N802
                   context: grpc.ServicerContext) -> operator_pb2.ListAuditResponse:
-        _check_ids(context, request.camera_id)
+        check_ids(context, request.camera_id)
         caller = self.access.require(context, Role.ADMIN, request.camera_id or None)
         since = request.since.ToNanoseconds() if request.HasField("since") else 0
         until = request.until.ToNanoseconds() if request.HasField("until") else 0

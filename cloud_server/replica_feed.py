@@ -15,22 +15,12 @@ import threading
 
 import grpc
 
-from icmh.rpc import common_pb2
-
 from .leases import CameraLeases
 from .replica_routing import ReplicaRouter
-from .results import Detection, FrameResult
+from .results import FrameResult
 from .subscribers import SubscriberHub
 
 log = logging.getLogger("icmh.cloud.feed")
-
-
-def result_from_proto(message: common_pb2.DetectionResult) -> FrameResult:
-    return FrameResult(
-        message.camera_id, message.frame_id, message.capture_time.ToNanoseconds(),
-        message.detect_time.ToNanoseconds(), message.width, message.height,
-        tuple(Detection(d.class_name, d.class_id, d.confidence, (d.box.x1, d.box.y1, d.box.x2, d.box.y2))
-              for d in message.detections), message.error)
 
 
 class FleetHub(SubscriberHub):
@@ -92,7 +82,7 @@ class PeerFeeds:
     def _read(self, replica_id: str, call: grpc.Future) -> None:
         try:
             for message in call:
-                self.hub.relay([result_from_proto(message)])
+                self.hub.relay([FrameResult.from_proto(message)])
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 log.info("results of replica %s: stream ended (%s: %s); reopened next round", replica_id,

@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from typing import NoReturn
 
 import grpc
 
 from icmh.rpc import common_pb2, replica_pb2, replica_pb2_grpc
 from icmh.service.edge_config import config_from_proto
+from icmh.service.grpc_setup import bearer_token
 
-from .audit import MAX_FRAME_ID, MAX_ID_CHARS
+from .access import abort
+from .audit import check_ids
 from .edge_sessions import EdgeOffline, EdgeSessions, ResidualNotFound
 from .metrics import CloudMetrics
 from .subscribers import ResultFilter, SubscriberHub
 
 REPLICA_LINK = replica_pb2.DESCRIPTOR.services_by_name["ReplicaLink"].full_name
-
-
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
-    raise AssertionError("unreachable: abort raises")
 
 
 class ReplicaLinkService(replica_pb2_grpc.ReplicaLinkServicer):
@@ -38,40 +34,35 @@ class ReplicaLinkService(replica_pb2_grpc.ReplicaLinkServicer):
 
     def _authenticate(self, context: grpc.ServicerContext) -> None:
         values = [str(v) for k, v in context.invocation_metadata() if k == "authorization"]
-        scheme, _, token = values[0].partition(" ") if len(values) == 1 else ("", "", "")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
+        token = bearer_token(values[0]) if len(values) == 1 else None
+        if token is None or not hmac.compare_digest(token.encode(), self._token):
             self.metrics.auth_refusals.labels("unauthenticated").inc()
-            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "ReplicaLink needs the replicas' credential")
-
-    @staticmethod
-    def _check_ids(context: grpc.ServicerContext, camera_id: str, frame_id: int = 0) -> None:
-        if len(camera_id) > MAX_ID_CHARS or frame_id > MAX_FRAME_ID:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "camera or frame id out of range")
+            abort(context, grpc.StatusCode.UNAUTHENTICATED, "ReplicaLink needs the replicas' credential")
 
     def FetchLayer(self, request: replica_pb2.FetchLayerRequest,  # noqa: N802 - gRPC method name
                    context: grpc.ServicerContext) -> replica_pb2.FetchLayerResponse:
         self._authenticate(context)
-        self._check_ids(context, request.camera_id, request.frame_id)
+        check_ids(context, request.camera_id, request.frame_id)
         session = self.sessions.get(request.camera_id)
         if session is None:
-            _abort(context, grpc.StatusCode.UNAVAILABLE,
+            abort(context, grpc.StatusCode.UNAVAILABLE,
                    f"edge of camera {request.camera_id} is not connected to replica {self.replica_id}")
         try:
             layer = session.request_residual(request.frame_id, self.residual_timeout_s, request.lossless)
         except EdgeOffline as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         except ResidualNotFound as exc:
-            _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         return replica_pb2.FetchLayerResponse(layer=layer)
 
     def PushConfig(self, request: replica_pb2.PushConfigRequest,  # noqa: N802
                    context: grpc.ServicerContext) -> replica_pb2.PushConfigResponse:
         self._authenticate(context)
-        self._check_ids(context, request.camera_id)
+        check_ids(context, request.camera_id)
         try:
             config_from_proto(request.config)
         except ValueError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         session = self.sessions.get(request.camera_id)
         return replica_pb2.PushConfigResponse(delivered=session is not None and session.send_config(request.config))
 
@@ -86,4 +77,4 @@ class ReplicaLinkService(replica_pb2_grpc.ReplicaLinkServicer):
         finally:
             self.results.unsubscribe(subscription)
         if subscription.overflowed:
-            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "the relaying replica fell behind")
+            abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "the relaying replica fell behind")

@@ -66,6 +66,15 @@ class FrameResult:
             detections=[d.to_proto() for d in self.detections], error=self.error,
         )
 
+    @classmethod
+    def from_proto(cls, message: common_pb2.DetectionResult) -> FrameResult:
+        """The inverse of :meth:`to_proto` (a result relayed by another replica)."""
+        return cls(
+            message.camera_id, message.frame_id, message.capture_time.ToNanoseconds(),
+            message.detect_time.ToNanoseconds(), message.width, message.height,
+            tuple(Detection(d.class_name, d.class_id, d.confidence, (d.box.x1, d.box.y1, d.box.x2, d.box.y2))
+                  for d in message.detections), message.error)
+
 
 def detections_to_json(detections: tuple[Detection, ...]) -> list[dict[str, Any]]:
     return [d.to_json() for d in detections]

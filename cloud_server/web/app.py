@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from icmh.rpc import detections_pb2, detections_pb2_grpc, operator_pb2, operator_pb2_grpc
 from icmh.service.edge_config import CONFIG_FIELDS, config_to_proto, validate_config
-from icmh.service.grpc_setup import bearer_metadata, channel_options
+from icmh.service.grpc_setup import bearer_metadata, bearer_token, channel_options
 
 from . import convert
 
@@ -111,10 +111,10 @@ class ApiError(Exception):
 def caller_metadata(request: Request) -> tuple[tuple[str, str], ...]:
     """The caller's token as gRPC metadata; 401 without one (the cloud is never called anonymously, so a client
     certificate of this gateway never identifies a web user)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
         raise ApiError(401, "UNAUTHENTICATED", "log in with an operator token (Authorization: Bearer TOKEN)")
-    return bearer_metadata(token.strip())
+    return bearer_metadata(token)
 
 
 def query_int(request: Request, name: str, default: int | None = None, low: int = 0,

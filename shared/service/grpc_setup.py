@@ -67,6 +67,12 @@ def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``authorization`` value ``Bearer TOKEN`` (scheme in any case); None for anything else."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 class _CallDetails(collections.namedtuple("_CallDetails", "method timeout metadata credentials wait_for_ready "
                                                           "compression"), grpc.ClientCallDetails):
     pass
