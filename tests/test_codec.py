@@ -140,6 +140,8 @@ def test_header_errors_have_clear_messages(layers: tuple[ScalableCodec, bytes, b
         codec.decode_machine(b"JUNK" + base[4:])
     with pytest.raises(BitstreamError, match="version"):
         codec.decode_machine(_reseal(base[:4] + bytes([9]) + base[5:-4]))
+    with pytest.raises(BitstreamError, match="version 1 is no longer decoded"):  # the float64 format before v2
+        codec.decode_machine(_reseal(base[:4] + bytes([1]) + base[5:-4]))
     with pytest.raises(BitstreamError, match="expected a base layer"):
         codec.decode_machine(residual)
     with pytest.raises(BitstreamError, match="bytes"):
@@ -207,17 +209,19 @@ print(hashlib.sha256(codec.decode_machine(base).tobytes()).hexdigest(),
 """
 
 
+#: (torch threads, environment) of the other processes: another thread count, ATen's scalar kernels, and oneDNN's
+#: int8 GEMM without VNNI (the int16 pair sums of vpmaddubsw, as on CPUs before AVX-512 VNNI / AVX-VNNI)
+OTHER_PROCESSES = (("2", {}), ("1", {"ATEN_CPU_CAPABILITY": "default"}), ("1", {"ONEDNN_MAX_CPU_ISA": "AVX2"}))
+
+
 def run_in_other_processes(script: str, *args: str) -> list[tuple[str, str]]:
-    """Run ``script`` (``sys.argv[1]`` = torch threads, then ``args``) in fresh processes with 2 threads and with
-    1 thread and ``ATEN_CPU_CAPABILITY=default``; returns (setting, stdout) per run."""
+    """Run ``script`` (``sys.argv[1]`` = torch threads, then ``args``) in a fresh process per OTHER_PROCESSES
+    setting; returns (setting, stdout) per run."""
     runs = []
-    for threads, capability in (("2", None), ("1", "default")):
-        env = dict(os.environ)
-        if capability:
-            env["ATEN_CPU_CAPABILITY"] = capability
-        out = subprocess.run([sys.executable, "-c", script, threads, *args], capture_output=True, text=True, env=env,
-                             check=True, timeout=300)
-        runs.append((f"threads={threads} capability={capability}", out.stdout))
+    for threads, settings in OTHER_PROCESSES:
+        out = subprocess.run([sys.executable, "-c", script, threads, *args], capture_output=True, text=True,
+                             env={**os.environ, **settings}, check=True, timeout=300)
+        runs.append((f"threads={threads} {settings}", out.stdout))
     return runs
 
 

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 MAGIC = b"ICMH"
-VERSION = 1
+#: 2: decoder networks in the integer arithmetic of :mod:`icmh.codec.exact` (14-bit activations and weights)
+VERSION = 2
+#: versions this decoder no longer reads, and why (decoding them would give wrong latents and pixels)
+RETIRED_VERSIONS = {
+    1: "coded with the float64 fixed-point decoder arithmetic of earlier releases; re-encode the frame",
+}
 MAX_SIDE = 8192
 MAX_STRINGS = 16
 MAX_CONTAINER_BYTES = 64 * 1024 * 1024
@@ -124,6 +129,8 @@ def unpack(data: bytes) -> tuple[LayerHeader, list[bytes]]:
     magic, version, kind, rate_index, id_len = _FIXED.unpack_from(data, 0)
     if magic != MAGIC:
         raise BitstreamError("not an ICMH layer (bad magic)")
+    if version in RETIRED_VERSIONS:
+        raise BitstreamError(f"format version {version} is no longer decoded ({RETIRED_VERSIONS[version]})")
     if version != VERSION:
         raise BitstreamError(f"unsupported format version {version} (this decoder reads {VERSION})")
     body, (crc,) = data[:-4], struct.unpack(">I", data[-4:])

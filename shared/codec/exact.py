@@ -4,18 +4,22 @@ CompressAI users see garbage decodes when encoder and decoder run on different
 hardware (CompressAI issues #279, #309): the entropy parameters (means, scales)
 come out of float convolutions whose last bits depend on the summation order,
 the SIMD width, FMA use and the thread count. Here every layer whose output the
-decoder must reproduce bit for bit runs as *fixed-point integer arithmetic*:
+decoder must reproduce bit for bit runs on *integers*:
 
-* inputs are quantised to ``ACT_FRAC_BITS`` fractional bits (``round(x * 2^F)``),
-* weights to 15 significant bits with a per-layer power-of-two scale,
-* the convolution runs on these integer-valued tensors in float64.
+* its input is quantised per sample to 14-bit integers: ``round(x * s)`` with ``s = ACT_LIMIT / max|x|``, one
+  float32 multiplication and rounding per value;
+* its weights per output channel to 14-bit integers, the same way (``WEIGHT_LIMIT``);
+* the convolution of these integers is computed exactly, by one of two kernels that give the same integers
+  (:func:`exact_kernel`): ``int8`` (the default: base-128 digits, int8 GEMMs with int32 accumulation,
+  :mod:`icmh.codec.int_kernels`) or the ``float64`` reference (``F.conv2d`` on the integer-valued operands,
+  exact below 2**53);
+* the epilogue ``float32(sum) * (1 / (s_x s_w)) + bias`` is three IEEE float32 operations per value.
 
-Every product and every partial sum is then an integer below 2**53, so float64
-represents it exactly and the result is the same whatever the order of the
-additions, the vector width or the number of threads. Rounding, ReLU, and
-multiplication by powers of two are exact IEEE operations too. Training uses the
-ordinary float32 path; the exact path is used whenever the module is in eval
-mode (and :func:`exact_arithmetic` has not switched it off).
+Maxima, rounding, ReLU and single IEEE multiplications and additions are exact or correctly rounded on every
+machine, so the result is the same whatever the order of the additions, the vector width or the number of
+threads. Training uses the ordinary float32 path; the exact path is used whenever the module is in eval mode
+(and :func:`exact_arithmetic` has not switched it off). The decoder has no GDN / IGDN layers (GDN is only in the
+encoder's analysis transform, which runs in float32).
 """
 
 from __future__ import annotations
@@ -23,23 +27,29 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-ACT_FRAC_BITS = 12  # activations are multiples of 2**-12
-ACT_INT_LIMIT = 2**23  # |activation| <= 2048 after quantisation
-WEIGHT_BITS = 14  # |weight integer| <= 2**14
-EXACT_LIMIT = 2**53  # float64 represents every integer below this exactly
+from . import int_kernels
+from .int_kernels import check_bound, digit_limit
+
+ACT_PARTS = 2  # base-128 digits of an activation: |x| <= 8192
+WEIGHT_PARTS = 2  # base-128 digits of a weight: |w| <= 8192, scaled per output channel
+ACT_LIMIT = digit_limit(ACT_PARTS)
+WEIGHT_LIMIT = digit_limit(WEIGHT_PARTS)
+MIN_PEAK = 2.0**-30  # smaller maxima count as this: scales stay below 2**43, no epilogue product is subnormal
+KERNELS = ("int8", "float64")
 
 
 class _ExactSwitch(threading.local):
-    """Per-thread switch: one thread's fast float32 decode must never change another thread's pixels."""
+    """Per-thread settings: one thread's fast float32 decode must never change another thread's pixels."""
 
     enabled = True
+    kernel = "int8"
 
 
 _switch = _ExactSwitch()
@@ -56,19 +66,64 @@ def exact_arithmetic(enabled: bool) -> Iterator[None]:
         _switch.enabled = previous
 
 
-def quantize_activation(x: Tensor) -> Tensor:
-    """Integer-valued float64 tensor: ``clamp(round(x * 2^F))``."""
-    scaled = torch.round(x.double() * (2.0**ACT_FRAC_BITS))
-    return scaled.clamp_(-ACT_INT_LIMIT, ACT_INT_LIMIT)
+@contextlib.contextmanager
+def exact_kernel(name: str) -> Iterator[None]:
+    """Select the kernel of the exact path in the calling thread: ``int8`` or the ``float64`` reference.
+
+    Both compute the same integers, so the choice changes speed, never a bit of the output.
+    """
+    if name not in KERNELS:
+        raise ValueError(f"exact kernel must be one of {', '.join(KERNELS)}, got {name!r}")
+    previous = _switch.kernel
+    _switch.kernel = name
+    try:
+        yield
+    finally:
+        _switch.kernel = previous
 
 
-def weight_exponent(weight: Tensor) -> int:
-    """Power-of-two exponent so that ``round(w * 2^e)`` fits in WEIGHT_BITS bits."""
-    peak = float(weight.detach().abs().max())
-    if peak == 0.0:
-        return 0
-    _, exp2 = math.frexp(peak)  # peak = m * 2**exp2 with 0.5 <= m < 1
-    return WEIGHT_BITS - exp2
+def _scale(peak: Tensor, limit: int) -> Tensor:
+    """float32 factors ``limit / max(peak, MIN_PEAK)`` from exact maxima; refuses non-finite values."""
+    if not bool(torch.isfinite(peak).all()):
+        raise ValueError("exact convolution got non-finite values")
+    return (limit / peak.double().clamp(min=MIN_PEAK)).float()
+
+
+def _dense(sample: Tensor) -> Tensor:
+    """The values of a CHW ``sample`` as a flat view when its memory is NCHW- or channels-last-dense (no copy)."""
+    for order in ((0, 1, 2), (1, 2, 0)):
+        view = sample.permute(order)
+        if view.is_contiguous():
+            return view.view(-1)
+    return sample.reshape(-1)
+
+
+def activation_scale(x: Tensor) -> Tensor:
+    """Per-sample factors ``s`` [N] of an NCHW layer input: ``round(x * s)`` spans ``|.| <= ACT_LIMIT``."""
+    peaks = [torch.aminmax(_dense(sample)) for sample in x]
+    return _scale(torch.stack([torch.maximum(hi, -lo) for lo, hi in peaks]), ACT_LIMIT)
+
+
+def quantize_weight(weight: Tensor, out_dim: int) -> tuple[Tensor, Tensor]:
+    """Integer-valued float64 weights ``round(w * s_o)`` (|.| <= WEIGHT_LIMIT) and the factors ``s_o`` [Cout]."""
+    w = weight.detach().float()
+    dims = tuple(d for d in range(w.dim()) if d != out_dim)
+    scale = _scale(w.abs().amax(dim=dims), WEIGHT_LIMIT)
+    shape = [1] * w.dim()
+    shape[out_dim] = -1
+    w_int = torch.round(w * scale.view(shape)).clamp_(-WEIGHT_LIMIT, WEIGHT_LIMIT)
+    return w_int.double(), scale
+
+
+class _Operands:
+    """A layer's integer weights for both kernels and its per-channel epilogue terms (cached per weight version)."""
+
+    def __init__(self, key: tuple, w_int: Tensor, plan: int_kernels.GemmPlan, scale: Tensor, bias: Tensor) -> None:
+        self.key = key
+        self.w_int = w_int  # float64, nn layout: the float64 reference kernel
+        self.plan = plan  # int8 digits in GEMM order: the int8 kernel
+        self.scale = scale  # float32 [Cout]
+        self.bias = bias  # float32 [Cout]
 
 
 class _ExactMixin:
@@ -77,53 +132,118 @@ class _ExactMixin:
     weight: Tensor
     bias: Tensor | None
     training: bool
+    groups: int
+    dilation: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    kernel_size: tuple[int, ...]
+    padding_mode: str
+    out_channels: int
+    _out_dim = 0
+    _cached: _Operands | None = None
 
-    def _check_bound(self, fan_in: int) -> None:
-        worst = fan_in * ACT_INT_LIMIT * 2**WEIGHT_BITS
-        if worst >= EXACT_LIMIT // 2:
-            raise ValueError(f"fan-in {fan_in} too large for exact float64 accumulation")
+    def _check_layer(self, fan_in: int) -> None:
+        """Refuse what the integer kernels do not implement; prove the accumulator bounds for ``fan_in``."""
+        if self.groups != 1 or set(self.dilation) != {1} or self.padding_mode != "zeros":
+            raise ValueError("exact convolutions support groups=1, dilation=1 and zero padding only")
+        if isinstance(self.padding, str) or len({*self.stride}) != 1 or len({*self.padding}) != 1:
+            raise ValueError("exact convolutions need the same integer stride and padding in both dimensions")
+        if len({*self.kernel_size}) != 1:
+            raise ValueError("exact convolutions need a square kernel")
+        check_bound(fan_in, ACT_PARTS, WEIGHT_PARTS)
 
     def _use_exact(self) -> bool:
         return not self.training and _switch.enabled
 
-    def _integer_operands(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None, float]:
-        exponent = weight_exponent(self.weight)
-        w_int = torch.round(self.weight.detach().double() * (2.0**exponent))
-        out_scale = 2.0 ** -(exponent + ACT_FRAC_BITS)
-        b_int = None
-        if self.bias is not None:
-            b_int = torch.round(self.bias.detach().double() / out_scale)
-        return quantize_activation(x), w_int, b_int, out_scale
+    def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
+        """The int8 kernel's GEMM plan of the integer weights."""
+        raise NotImplementedError
+
+    def _operands(self) -> _Operands:
+        bias = self.bias
+        key = (self.weight.data_ptr(), self.weight._version, None if bias is None else (bias.data_ptr(), bias._version))
+        cached = self._cached
+        if cached is not None and cached.key == key:
+            return cached
+        w_int, scale = quantize_weight(self.weight, self._out_dim)
+        b = torch.zeros(self.out_channels) if bias is None else bias.detach().float()
+        cached = _Operands(key, w_int, self._plan(w_int), scale, b)
+        self._cached = cached
+        return cached
+
+    def _run(self, x: Tensor, out_size: tuple[int, int], reference: Callable[[Tensor, Tensor], Tensor],
+             crop: tuple[int, int, int, int], border: tuple[int, int, int, int]) -> Tensor:
+        """Quantise ``x``, run the selected kernel with the shared epilogue, return NCHW float32.
+
+        The int8 kernel reads input rows ``crop[0]:crop[1]`` and columns ``crop[2]:crop[3]`` with a zero
+        ``border`` (top, bottom, left, right); the float64 reference reads the whole input.
+        """
+        ops = self._operands()
+        x = x.detach().float()
+        nhwc = x.permute(0, 2, 3, 1)
+        x_scale = activation_scale(x)
+        factors = (1.0 / (x_scale[:, None].double() * ops.scale[None, :].double())).float()
+
+        def epilogue(sums: Tensor, n: int, target: Tensor) -> None:
+            """``float32(sums) * (1 / (s_x s_w)) + bias``: three IEEE float32 operations per value."""
+            target.copy_(sums).mul_(factors[n]).add_(ops.bias)
+
+        out = torch.empty((x.shape[0], *out_size, self.out_channels))
+        if _switch.kernel == "float64":
+            digits = int_kernels.quantize(nhwc, x_scale, ACT_PARTS)
+            sums = reference(int_kernels.compose(digits).permute(0, 3, 1, 2), ops.w_int).permute(0, 2, 3, 1)
+            for n in range(x.shape[0]):
+                epilogue(sums[n], n, out[n])
+        else:
+            y0, y1, x0, x1 = crop
+            digits = int_kernels.quantize(nhwc[:, y0:y1, x0:x1], x_scale, ACT_PARTS, border)
+            int_kernels.run(digits, ops.plan, epilogue, out)
+        return out.permute(0, 3, 1, 2)
 
 
 class ExactConv2d(_ExactMixin, nn.Conv2d):
-    """``nn.Conv2d`` whose eval-mode output is bit-identical on every machine."""
+    """``nn.Conv2d`` whose eval-mode output is bit-identical on every machine (im2col int8 GEMMs)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._check_bound(self.in_channels // self.groups * math.prod(self.kernel_size))
+        self._check_layer(self.in_channels * math.prod(self.kernel_size))
+
+    def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
+        return int_kernels.conv_plan(w_int, self.stride[0], WEIGHT_PARTS)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._use_exact():
             return super().forward(x)
-        x_int, w_int, b_int, scale = self._integer_operands(x)
-        acc = F.conv2d(x_int, w_int, b_int, self.stride, self.padding, self.dilation, self.groups)
-        return (acc * scale).to(x.dtype)
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        h, w = x.shape[2:]
+        out_size = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+        return self._run(x, out_size, lambda x_int, w_int: F.conv2d(x_int, w_int, None, s, p), (0, h, 0, w),
+                         (p, p, p, p))
 
 
 class ExactConvTranspose2d(_ExactMixin, nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` whose eval-mode output is bit-identical on every machine."""
+    """``nn.ConvTranspose2d`` whose eval-mode output is bit-identical on every machine (sub-pixel int8 GEMMs)."""
+
+    _out_dim = 1
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._check_bound(self.in_channels * math.prod(self.kernel_size))
+        window = int_kernels.polyphase_window(self.kernel_size[0], self.stride[0], self.padding[0])
+        self._check_layer(self.in_channels * window**2)
+
+    def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
+        return int_kernels.transposed_plan(w_int, self.stride[0], self.padding[0], WEIGHT_PARTS)
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if not self._use_exact():
             return super().forward(x, output_size)
-        x_int, w_int, b_int, scale = self._integer_operands(x)
-        acc = F.conv_transpose2d(
-            x_int, w_int, b_int, self.stride, self.padding, self.output_padding,
-            self.groups, self.dilation,
+        output_padding = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation  # type: ignore[arg-type]
         )
-        return (acc * scale).to(x.dtype)
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        h, w = x.shape[2:]
+        ho, wo = ((size - 1) * s - 2 * p + k + op for size, op in zip((h, w), output_padding, strict=True))
+        y0, y1, top, bottom = int_kernels.polyphase_input(h, ho, k, s, p)
+        x0, x1, left, right = int_kernels.polyphase_input(w, wo, k, s, p)
+        return self._run(x, (ho, wo), lambda x_int, w_int: F.conv_transpose2d(x_int, w_int, None, s, p, output_padding),
+                         (y0, y1, x0, x1), (top, bottom, left, right))
