@@ -192,3 +192,38 @@ def test_warm_start_from_exported_weights_takes_every_tensor(tmp_path: Path) -> 
     exported = load_layer(folder / "sa-icm.pt").model.state_dict()
     for name, value in trainer.model.named_parameters():  # every learned tensor (entropy tables are rebuilt)
         assert torch.equal(value.detach(), exported[name].float()), name
+
+
+def test_a_stale_aux_gradient_does_not_shrink_the_rate_distortion_step(tmp_path: Path) -> None:
+    """The norm clip sees only the R-D gradient: a left-over quantile gradient must not change the update."""
+    cfg = TrainConfig(kind="single", out_dir=tmp_path / "a", architecture="sa-icm-tiny", threads=1, seed=5)
+    clean, stale = Trainer(cfg), Trainer(TrainConfig(**{**cfg.__dict__, "out_dir": tmp_path / "b"}))
+    for p in (p for n, p in stale.model.named_parameters() if n.endswith(".quantiles")):
+        p.grad = torch.full_like(p, 1e6)  # what the aux step of the previous iteration leaves behind
+    torch.manual_seed(1)
+    x, q = torch.rand(2, 3, 64, 64), torch.tensor([0, 5])
+    for trainer in (clean, stale):
+        torch.manual_seed(2)
+        trainer.train_step(x, None, q)
+    moved = 0
+    for (name, a), b in zip(clean.model.named_parameters(), stale.model.parameters(), strict=True):
+        if not name.endswith(".quantiles"):
+            assert torch.equal(a, b), name
+            moved += 1
+    assert moved > 10
+
+
+def test_resuming_an_older_checkpoint_resets_adam_and_warms_up(tmp_path: Path) -> None:
+    cfg = TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny", threads=1, lr=1e-3)
+    first = Trainer(cfg)
+    torch.manual_seed(1)
+    first.train_step(torch.rand(2, 3, 64, 64), None, torch.tensor([1, 2]))
+    first.save()
+    assert Trainer(cfg).opt.state_dict()["state"]  # same gradient definition: moments kept, full lr
+    assert Trainer(cfg).opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    state = torch.load(first.ckpt, weights_only=False)
+    del state["gradients"], state["warmup_until"]  # a checkpoint written before the clip fix
+    torch.save(state, first.ckpt)
+    resumed = Trainer(cfg)
+    assert resumed.step == 1 and not resumed.opt.state_dict()["state"]
+    assert resumed.opt.param_groups[0]["lr"] < 1e-5  # first step of the warm-up

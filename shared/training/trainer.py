@@ -36,6 +36,8 @@ from .data import CropSampler, load_detection_monitor_set, load_training_set
 from .detector_features import DetectorFeatureLoss
 from .masks import cached_masks
 
+GRADIENTS = "rd-clip-v2"  # what the Adam moments in a checkpoint were computed from (see train_step)
+WARMUP_STEPS = 500
 MONITOR_RATES = (0.0, 0.3, 0.6)
 MONITOR_BPP = (0.1, 0.2)  # the score is the fidelity interpolated at these rates (bits per pixel)
 
@@ -67,19 +69,19 @@ class Trainer:
             self.base = self.base_layer.model
             for p in self.base.parameters():
                 p.requires_grad_(False)
-        params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
+        self.params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.aux_opt = torch.optim.Adam(aux, lr=1e-3)
         self.step = 0
         self.elapsed = 0.0
+        self.warmup_until = 0  # lr ramps up linearly until this step (after a reset of the Adam moments)
         self.ckpt = cfg.out_dir / "last.pt"
         if self.ckpt.exists():
             self._resume()
         elif cfg.init_from is not None:
             self._warm_start(cfg.init_from)
-        for group in self.opt.param_groups:
-            group["lr"] = cfg.lr
+        self._set_lr()
         self.log_path = cfg.out_dir / "log.csv"
         self.val_path = cfg.out_dir / "val.csv"
         self.best_path = cfg.out_dir / "best.pt"
@@ -94,10 +96,24 @@ class Trainer:
     def _resume(self) -> None:
         state = load_state(self.ckpt)
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
         self.aux_opt.load_state_dict(state["aux_optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.warmup_until = state.get("warmup_until", 0)
+        if state.get("gradients") == GRADIENTS:
+            self.opt.load_state_dict(state["optimizer"])
+        else:
+            # Older checkpoints clipped the rate-distortion gradient together with a stale aux-loss gradient, so
+            # their Adam moments describe gradients ~100x smaller than today's: restart them and warm the lr up.
+            self.warmup_until = self.step + WARMUP_STEPS
+            print(f"{self.ckpt}: optimizer moments from an older gradient definition, reset "
+                  f"(lr warm-up until step {self.warmup_until})")
         print(f"resumed {self.ckpt} at step {self.step} ({self.elapsed / 60:.1f} min trained)")
+
+    def _set_lr(self) -> None:
+        ramp = WARMUP_STEPS - (self.warmup_until - self.step)
+        scale = 1.0 if self.step >= self.warmup_until else max(ramp, 1) / WARMUP_STEPS
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.lr * scale
 
     def _warm_start(self, path: Path) -> None:
         state = load_state(path)  # --init-from: a user-supplied file, tensors only
@@ -122,6 +138,8 @@ class Trainer:
             "aux_optimizer": self.aux_opt.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
+            "gradients": GRADIENTS,
+            "warmup_until": self.warmup_until,
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.cfg).items()},
         }
         tmp = self.ckpt.with_suffix(".tmp")
@@ -209,6 +227,25 @@ class Trainer:
         self.model.train()
         return rows
 
+    def train_step(self, x: Tensor, mask: Tensor | None, q: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """One optimiser step on the rate-distortion loss, one on the entropy bottleneck's aux loss.
+
+        As in CompressAI's example trainer both gradients are cleared first and the norm clip sees only the
+        rate-distortion gradient (a stale aux gradient on the quantiles would shrink it by ~100x).
+        """
+        self._set_lr()
+        self.opt.zero_grad(set_to_none=True)
+        self.aux_opt.zero_grad(set_to_none=True)
+        out = self.losses(x, mask, q)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        aux = self.model.aux_loss()
+        aux.backward()
+        self.aux_opt.step()
+        self.step += 1
+        return out, aux
+
     def run(self) -> None:
         cfg = self.cfg
         sampler, held = self._data()
@@ -235,23 +272,14 @@ class Trainer:
                 x = to_tensor(xs)
                 mask = None if ms is None else torch.from_numpy(ms)[:, None]
                 q = torch.randint(0, RATE_STEPS + 1, (cfg.batch,))
-                out = self.losses(x, mask, q)
-                self.opt.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                self.opt.step()
-                aux = self.model.aux_loss()
-                self.aux_opt.zero_grad(set_to_none=True)
-                aux.backward()
-                self.aux_opt.step()
-                self.step += 1
+                out, aux = self.train_step(x, mask, q)
                 self.elapsed += time.monotonic() - t0
                 bar.update(1)
                 if self.step % 50 == 0:
                     psnr = -10 * math.log10(max(out["mse"].item(), 1e-10))
                     loss, bpp = out["loss"].item(), out["bpp"].item()
                     log.writerow([self.step, f"{self.elapsed / 60:.2f}", f"{loss:.4f}", f"{bpp:.4f}",
-                                  f"{psnr:.2f}", f"{aux.item():.2f}", cfg.lr])
+                                  f"{psnr:.2f}", f"{aux.item():.2f}", self.opt.param_groups[0]["lr"]])
                     fh.flush()
                     bar.set_postfix(loss=f"{loss:.3f}", bpp=f"{bpp:.3f}", psnr=f"{psnr:.1f}")
                 if self.step % cfg.validate_every == 0:
