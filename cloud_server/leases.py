@@ -158,6 +158,19 @@ class CameraLeases:
             return db.execute("DELETE FROM camera_leases WHERE incarnation = ? AND camera_id = ANY(?)",
                               (self.incarnation, list(cameras))).rowcount
 
+    def hand_over(self, cameras: Iterable[str], replica_id: str) -> set[str]:
+        """Move the live leases of ``cameras`` this process holds to the live replica ``replica_id`` (rebalancing):
+        its heartbeat renews them from now on. Returns the cameras moved (none when it is not alive)."""
+        with self._db.transaction() as db:
+            rows = db.execute(
+                f"UPDATE camera_leases SET replica_id = r.replica_id, incarnation = r.incarnation,"
+                f" address = r.address, expires_ns = {NOW_NS} + ?, acquired_ns = {NOW_NS}, online = 0, fps = 0"
+                f" FROM replicas r WHERE r.replica_id = ? AND r.expires_ns > {NOW_NS}"
+                f" AND camera_leases.incarnation = ? AND camera_leases.camera_id = ANY(?)"
+                " RETURNING camera_leases.camera_id",
+                (self._lease_ns, replica_id, self.incarnation, list(cameras))).fetchall()
+        return {row[0] for row in rows}
+
     def unregister(self) -> None:
         """Clean shutdown: release every lease and remove the replica row (a restart need not wait)."""
         with self._db.transaction() as db:

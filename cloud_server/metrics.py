@@ -62,6 +62,8 @@ class CloudMetrics:
         self.live_replicas = Gauge("icmh_cloud_replicas", "Live replicas sharing the frame index", registry=r)
         self.lease_takeovers = Counter("icmh_cloud_lease_takeovers",
                                        "Camera leases taken over after their holder let them expire", registry=r)
+        self.lease_handovers = Counter("icmh_cloud_lease_handovers",
+                                       "Camera leases handed to a less loaded replica (rebalancing)", registry=r)
         self.edge_redirects = Counter("icmh_cloud_edge_redirects",
                                       "Edge streams refused and sent to the replica holding the camera", registry=r)
         self.replica_calls = Counter("icmh_cloud_replica_calls", "Calls to the replica holding a camera's edge",

@@ -7,6 +7,11 @@ leases of cameras whose edge stayed away for a whole lease with nothing left to 
 edge may come back through any replica), and adopts cameras left with frames or results due and no live lease
 (a replica died or stopped), at most its fair share per round. A heartbeat that cannot reach the index for a
 whole lease counts every lease as lost (the others take them over).
+
+Rebalancing: when this replica has held at least two cameras more than the least loaded live replica for
+``rebalance_s`` (a replica joined, e.g. scaled out by an autoscaler), it hands the surplus leases over to the
+least loaded ones and ends those streams with a redirect; the receiving replica's heartbeat picks the leases up
+and resumes their work. The index's frame states keep every frame detected and published once across a move.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from .edge_sessions import EdgeSessions
@@ -28,9 +34,11 @@ NOBODY = Holder("", "", 0.0)  # a lease lost without a known new holder
 
 class ReplicaCoordinator:
     def __init__(self, index: ReplicaFrameIndex, sessions: EdgeSessions, metrics: CloudMetrics,
-                 on_takeover: Callable[[set[str]], None] = lambda cameras: None) -> None:
+                 on_takeover: Callable[[set[str]], None] = lambda cameras: None, rebalance_s: float = 0.0) -> None:
         self.index, self.leases, self.sessions, self.metrics = index, index.leases, sessions, metrics
-        self.on_takeover = on_takeover  # cameras acquired from a dead holder: their work resumes here
+        self.on_takeover = on_takeover  # cameras acquired from another holder: their work resumes here
+        self.rebalance_s = rebalance_s  # how long an imbalance lasts before cameras move (0: never)
+        self._unbalanced_since: float | None = None
         self._held: set[str] = set()
         self._lost: set[str] = set()  # cameras whose stream was ended because their lease moved
         self._idle_since: dict[str, float] = {}
@@ -115,18 +123,58 @@ class ReplicaCoordinator:
                 held = set()
             self._last_renewal = time.monotonic()
             self._end_streams(self._held - held)
+            handed = held - self._held  # leases another replica handed over to this one (rebalancing)
             self._held = held
+        if handed:
+            self._resumed(handed, set(), "handed over for balance")
         self._release_idle(held)
+        live = self.leases.live_replicas()
         if not self._fenced:
             self._adopt()
-        live = self.leases.live_replicas()
+            self._rebalance(list(live))
         self.metrics.live_replicas.set(len(live))
         self.metrics.owned_cameras.set(len(self.held()))
+
+    def _rebalance(self, live: list[str]) -> None:
+        """Hand surplus leases to the least loaded live replicas once an imbalance has lasted ``rebalance_s``."""
+        me = self.identity.replica_id
+        if not self.rebalance_s or len(live) < 2 or me not in live:
+            self._unbalanced_since = None
+            return
+        load = Counter({replica: 0 for replica in live})
+        load.update(h.replica_id for h in self.leases.holders().values() if h.replica_id in load)
+        if load[me] - min(load.values()) < 2:
+            self._unbalanced_since = None
+            return
+        now = time.monotonic()
+        if self._unbalanced_since is None:
+            self._unbalanced_since = now
+        if now - self._unbalanced_since < self.rebalance_s:
+            return
+        self._unbalanced_since = None
+        plan: dict[str, list[str]] = {}
+        movable = sorted(self.held(), reverse=True)
+        while movable:
+            target = min(live, key=lambda replica: (load[replica], replica))
+            if load[me] - load[target] < 2:
+                break
+            plan.setdefault(target, []).append(movable.pop())
+            load[me] -= 1
+            load[target] += 1
+        for target, cameras in plan.items():
+            with self._lock:
+                moved = self.leases.hand_over(cameras, target)
+                self._end_streams(moved)
+                self._held -= moved
+            if moved:
+                self.metrics.lease_handovers.inc(len(moved))
+                log.info("handed camera%s %s over to replica %s (balance)", "s" if len(moved) > 1 else "",
+                         ", ".join(sorted(moved)), target)
 
     def _end_streams(self, cameras: set[str]) -> None:
         """Cameras whose lease this replica lost (caller holds the lock): end their edges' streams."""
         for camera in sorted(cameras):
-            log.warning("camera %s: lease lost (another replica took it over)", camera)
+            log.warning("camera %s: lease moved to another replica", camera)
             session = self.sessions.get(camera)
             if session is not None:
                 self._lost.add(camera)

@@ -8,13 +8,9 @@ serves the other replicas' calls for its edges (``ReplicaLink``).
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import logging
 import threading
 from concurrent import futures
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,12 +26,11 @@ from icmh.rpc import (
     operator_pb2_grpc,
     replica_pb2_grpc,
 )
-from icmh.service.grpc_setup import DEFAULT_MAX_MESSAGE_BYTES, MAX_REPLY_BYTES, server_credentials, server_options
+from icmh.service.grpc_setup import MAX_REPLY_BYTES, server_credentials, server_options
 from icmh.service.process import MetricsEndpoint
 
 from .access import HEALTH, REFLECTION, OperatorAccess
 from .audit import AuditLog
-from .auth import CameraRegistry, OperatorRegistry
 from .codecs import CloudCodecs
 from .detections_service import DetectionsService
 from .edge_service import EdgeLinkService
@@ -48,10 +43,11 @@ from .operator_service import OperatorService
 from .pipeline import DetectionPipeline
 from .publishers import Publisher, open_publisher
 from .replica_feed import FleetHub, PeerFeeds
-from .replica_index import SQLITE_REFUSAL, ReplicaFrameIndex, live_replicas_of
+from .replica_index import ReplicaFrameIndex, live_replicas_of
 from .replica_routing import ReplicaRouter, ReplicaTls
 from .replica_service import REPLICA_LINK, ReplicaLinkService
 from .replicas import ReplicaCoordinator
+from .settings import CloudSettings
 from .subscribers import SubscriberHub
 
 log = logging.getLogger("icmh.cloud")
@@ -59,98 +55,6 @@ SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
     for module, name in ((edge_pb2, "EdgeLink"), (operator_pb2, "Operator"), (detections_pb2, "Detections"))
 )
-REFLECTION_MODES = ("open", "operators", "off")
-WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
-
-
-def is_loopback(listen: str) -> bool:
-    """Whether a ``host:port`` listen address is reachable from this machine only."""
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass
-class CloudSettings:
-    cameras: CameraRegistry
-    data_dir: Path  # frames.db: the frame index (unless ``index`` says otherwise), audit.db
-    detector: Path  # YOLO checkpoint
-    listen: str = "127.0.0.1:50051"  # all interfaces only when asked: operators need credentials there
-    operators: OperatorRegistry = field(default_factory=OperatorRegistry)
-    open_operator_access: bool = False  # every Operator / Detections call allowed as admin (loopback only)
-    open_health: bool = True  # health service needs no credentials
-    reflection: str = "open"  # open, operators (needs credentials) or off
-    audit_retention_s: float = 365 * 24 * 3600.0  # inspection audit log; 0: keep forever
-    weights: Path | None = None  # None: weights shipped in shared/weights
-    detector_imgsz: int = 640
-    detector_confidence: float = 0.25
-    max_batch: int = 8
-    detections_jsonl: Path | None = None
-    index: str | None = None  # postgresql://... or sqlite:///path; None: data_dir/frames.db
-    index_pool_size: int = 8  # PostgreSQL connections
-    publish: tuple[str, ...] = ()  # broker outputs: mqtt://host:1883/prefix, nats://host:4222/subject
-    publish_timeout_s: float = 10.0  # a broker's acknowledgement, else the batch waits and is retried
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # require client certificates signed by it (mutual TLS)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_packet_bytes: int = 4 * 1024 * 1024
-    residual_timeout_s: float = 5.0
-    retention_age_s: float = 7 * 24 * 3600.0  # 0: keep forever
-    retention_bytes: int = 10 * 1024**3  # base-layer bytes; 0: no limit
-    maintenance_interval_s: float = 10.0
-    cache_frames: int = 64
-    max_workers: int = 64  # every edge stream and subscription holds one worker thread
-    metrics_port: int = 0
-    metrics_addr: str = "0.0.0.0"
-    # several replicas on one PostgreSQL index (None: the only server of its index)
-    replica_id: str | None = None
-    advertise_address: str | None = None  # host:port edges and replicas reach this one at; None: from ``listen``
-    lease_s: float = 15.0  # camera leases and the replica heartbeat
-    replica_token: str | None = None  # the replicas' shared credential for ReplicaLink calls
-    replica_tls_ca: Path | None = None  # CA of the other replicas' certificates (TLS)
-
-    def __post_init__(self) -> None:
-        if self.max_packet_bytes > self.max_message_bytes:
-            raise ValueError("--max-packet-bytes must not exceed --max-message-bytes")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("TLS needs both --tls-cert and --tls-key")
-        if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("mutual TLS (--tls-client-ca) needs --tls-cert and --tls-key")
-        if self.reflection not in REFLECTION_MODES:
-            raise ValueError(f"reflection must be one of {', '.join(REFLECTION_MODES)}")
-        if self.open_operator_access and len(self.operators):
-            raise ValueError("--insecure-open-operators and configured operators exclude each other")
-        if self.open_operator_access and not is_loopback(self.listen):
-            raise ValueError(f"--insecure-open-operators is for local experiments: listen on a loopback address "
-                             f"(e.g. 127.0.0.1:50051), not {self.listen}")
-        self.operators.check_separation(self.cameras)
-        self._check_replica()
-
-    def _check_replica(self) -> None:
-        if self.replica_id is None:
-            if self.advertise_address is not None:
-                raise ValueError("--advertise-address is for replicas: it needs --replica-id")
-            return
-        if not str(self.index or "").startswith(("postgresql://", "postgres://")):
-            raise ValueError(SQLITE_REFUSAL)
-        if not self.replica_token:
-            raise ValueError("replicas call each other with a shared credential: set $ICMH_REPLICA_TOKEN (the same "
-                             "on every replica) or --replica-token-file")
-        if hashlib.sha256(self.replica_token.encode()).digest() in self.cameras.token_owners() or \
-                self.operators.by_token(self.replica_token) is not None:
-            raise ValueError("the replica credential must differ from every camera and operator token")
-        if self.tls_cert is not None and self.replica_tls_ca is None:
-            raise ValueError("replicas with TLS verify each other: give --replica-tls-ca")
-        if self.advertise_address is None and self.listen.rpartition(":")[0] in WILDCARD_HOSTS:
-            raise ValueError(f"--listen {self.listen} is every interface: give --advertise-address HOST:PORT, the "
-                             "address at which edges and the other replicas reach this replica")
-
-
 class CloudServer:
     def __init__(self, settings: CloudSettings, detector: YoloDetector | None = None,
                  codecs: CloudCodecs | None = None) -> None:
@@ -186,7 +90,8 @@ class CloudServer:
         if isinstance(self.index, ReplicaFrameIndex):
             fleet_hub = FleetHub()  # subscribers here see every replica's results
             self.hub: SubscriberHub = fleet_hub
-            self.replicas = ReplicaCoordinator(self.index, self.sessions, self.metrics, on_takeover=self._resume)
+            self.replicas = ReplicaCoordinator(self.index, self.sessions, self.metrics, on_takeover=self._resume,
+                                               rebalance_s=s.rebalance_s)
             self.router = ReplicaRouter(s.replica_token or "", self.metrics, self._replica_tls())
             self.peer_feeds = PeerFeeds(fleet_hub, self.index.leases, self.router, s.lease_s / 3)
         else:

@@ -7,14 +7,21 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from icmh.codec.bitstream import BitstreamError
+from icmh.defaults import field_default
 
 from .link import LinkRefused, LinkSettings
+from .settings import EdgeSettings
 from .source import SourceError
 from .store import StoreLimits
 
 MIB = 1024 * 1024
+
+
+def edge_default(name: str) -> Any:
+    return field_default(EdgeSettings, name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,20 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--source", required=True,
                      help="video file, rtsp:// or http:// URL, device index, or image folder")
     src.add_argument("--loop", action="store_true", help="start a video file or image folder over at its end")
-    src.add_argument("--fps", type=float, default=0.0, help="frame rate cap (0: none)")
-    src.add_argument("--max-frames", type=int, default=0, help="stop capturing after N frames (0: no limit)")
+    src.add_argument("--fps", type=float, default=edge_default("fps"), help="frame rate cap (0: none)")
+    src.add_argument("--max-frames", type=int, default=edge_default("max_frames"),
+                     help="stop capturing after N frames (0: no limit)")
     src.add_argument("--width", type=int, help="resize frames to this width (with --height)")
     src.add_argument("--height", type=int, help="resize frames to this height (with --width)")
     codec = p.add_argument_group("codec")
     codec.add_argument("--weights", type=Path,
                        help="folder with sa-icm.pt / pr-icmh.pt / fr-icmh.pt (default: shipped)")
-    codec.add_argument("--mode", "--residual-mode", dest="mode", choices=("pr", "fr", "avif"), default="pr",
+    codec.add_argument("--mode", "--residual-mode", dest="mode", choices=("pr", "fr", "avif"),
+                       default=edge_default("mode"),
                        help="residual layer kind: learned PR-/FR-ICMH, or x - x̂_m coded by AVIF")
-    codec.add_argument("--residual-policy", choices=("lazy", "eager"), default="lazy",
+    codec.add_argument("--residual-policy", choices=("lazy", "eager"), default=edge_default("residual_policy"),
                        help="lazy: keep the frame, code the residual layer when the cloud asks; eager: at capture")
-    codec.add_argument("--rate", type=float, default=0.5, help="base-layer rate R in [0,1] (the cloud may change it)")
-    codec.add_argument("--residual-rate", type=float, default=0.5, help="residual-layer rate R in [0,1]")
-    codec.add_argument("--target-kbps", type=float, default=0.0,
+    codec.add_argument("--rate", type=float, default=edge_default("base_rate"),
+                       help="base-layer rate R in [0,1] (the cloud may change it)")
+    codec.add_argument("--residual-rate", type=float, default=edge_default("residual_rate"),
+                       help="residual-layer rate R in [0,1]")
+    codec.add_argument("--target-kbps", type=float, default=edge_default("target_kbps"),
                        help="adapt the base rate to this base-layer bandwidth (0: fixed rate)")
     codec.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     store = p.add_argument_group("storage")
@@ -68,15 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="first reconnect delay, seconds")
     link.add_argument("--reconnect-max", type=float, default=LinkSettings.backoff_max_s,
                       help="longest reconnect delay, seconds")
-    p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus port (0: disabled)")
-    p.add_argument("--metrics-addr", default="0.0.0.0", help="address the metrics endpoint binds (e.g. 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, default=edge_default("metrics_port"),
+                   help="Prometheus port (0: disabled)")
+    p.add_argument("--metrics-addr", default=edge_default("metrics_addr"),
+                   help="address the metrics endpoint binds (e.g. 127.0.0.1)")
     p.add_argument("--log-level", default="INFO")
     return p
 
 
-def settings_from_args(args: argparse.Namespace):  # -> EdgeSettings (import deferred: torch)
-    from .node import EdgeSettings
-
+def settings_from_args(args: argparse.Namespace) -> EdgeSettings:
     if not args.token:
         raise ValueError("a token is required (--token or $ICMH_EDGE_TOKEN)")
     if (args.width is None) != (args.height is None):

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -36,10 +37,12 @@ from icmh.service.grpc_setup import MAX_REPLY_BYTES, open_channel
 from icmh.service.replica_redirect import Redirect, parse_redirect
 from icmh.service.timestamps import to_timestamp
 
-from .layers import InspectionLayers
 from .metrics import EdgeMetrics
 from .rate_control import RateControl
 from .store import EdgeStore
+
+if TYPE_CHECKING:  # the codec (torch) loads with the node, not with the command line
+    from .layers import InspectionLayers
 
 log = logging.getLogger("icmh.edge.link")
 

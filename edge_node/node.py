@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from icmh.codec.api import ScalableCodec
 from icmh.rpc import edge_pb2
@@ -15,36 +13,15 @@ from icmh.service.residual_modes import PROTO_OF_MODE
 
 from .capture import CaptureLoop
 from .layers import InspectionLayers
-from .link import CloudLink, LinkRefused, LinkSettings
+from .link import CloudLink, LinkRefused
 from .metrics import EdgeMetrics
 from .rate_control import RateControl
+from .settings import EdgeSettings
 from .source import FrameSource
-from .store import EdgeStore, StoreLimits
+from .store import EdgeStore
 
 log = logging.getLogger("icmh.edge")
 VERSION = "icmh-edge/0.1.0"
-
-
-@dataclass
-class EdgeSettings:
-    camera_id: str
-    token: str
-    source: str  # video file, URL, device index or image folder
-    data_dir: Path  # edge.db: outbox and residual store
-    link: LinkSettings
-    weights: Path | None = None  # None: weights shipped in shared/weights
-    mode: str = "pr"
-    residual_policy: str = "lazy"  # lazy: code the residual layer on request; eager: at capture
-    loop: bool = False
-    fps: float = 0.0  # 0: no cap
-    max_frames: int = 0  # 0: no limit
-    size: tuple[int, int] | None = None  # (width, height) to resize to
-    base_rate: float = 0.5
-    residual_rate: float = 0.5
-    target_kbps: float = 0.0
-    limits: StoreLimits = field(default_factory=StoreLimits)
-    metrics_port: int = 0
-    metrics_addr: str = "0.0.0.0"
 
 
 def make_hello(camera_id: str, token: str, codec: ScalableCodec, width: int, height: int) -> edge_pb2.Hello:

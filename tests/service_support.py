@@ -45,7 +45,8 @@ def start_cloud(tmp: Path, weights: Path, shared_dir: Path, cameras: dict[str, s
         "cameras": CameraRegistry.load(None, [f"{c}={t}" for c, t in cameras.items()]), "data_dir": tmp / "cloud",
         "operators": OperatorRegistry.load(None, [f"test-admin={OPERATOR_TOKEN}:admin"]),
         "detector": shared_dir / "models" / "yolov8n.pt", "listen": "127.0.0.1:0", "weights": weights,
-        "detector_imgsz": DETECTOR_IMGSZ, "detections_jsonl": tmp / "detections.jsonl", **overrides,
+        "detector_imgsz": DETECTOR_IMGSZ, "detections_jsonl": tmp / "detections.jsonl", "metrics_port": 0,
+        **overrides,
     })
     server = CloudServer(settings, detector=shared_detector(settings.detector), codecs=CloudCodecs(weights))
     server.start()
@@ -57,7 +58,7 @@ def edge_settings(data_dir: Path, camera_id: str, token: str, port: int, shared_
     return EdgeSettings(**{
         "camera_id": camera_id, "token": token, "source": str(shared_dir / VIDEO), "data_dir": data_dir,
         "link": LinkSettings(f"127.0.0.1:{port}", backoff_min_s=0.1, backoff_max_s=0.5), "weights": weights,
-        "size": FRAME_SIZE, "max_frames": 3, **overrides,
+        "size": FRAME_SIZE, "max_frames": 3, "metrics_port": 0, **overrides,
     })
 
 

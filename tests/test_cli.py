@@ -89,3 +89,38 @@ def test_train_flags_default_to_the_train_config() -> None:
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
         value = getattr(args, flag_of.get(field.name, field.name))  # every field has its flag
         assert (Path(value) if isinstance(default, Path) else value) == default, field.name
+
+
+def _field_defaults(cls: type) -> dict[str, object]:
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+def test_cloud_and_edge_flags_default_to_their_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``icmh-cloud`` / ``icmh-edge`` without flags configure exactly the settings' defaults (one source)."""
+    from icmh.cloud import cli as cloud_cli
+    from icmh.cloud.settings import CloudSettings
+    from icmh.edge import cli as edge_cli
+    from icmh.edge.settings import EdgeSettings
+
+    for name in ("ICMH_PUBLISH", "ICMH_INDEX", "ICMH_REPLICA_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    cloud = cloud_cli.settings_from_args(cloud_cli.build_parser().parse_args(["--camera", "cam=t"]))
+    edge = edge_cli.settings_from_args(edge_cli.build_parser().parse_args(
+        ["--camera-id", "cam", "--token", "t", "--cloud", "127.0.0.1:1", "--source", "video.mp4"]))
+    for settings, cls in ((cloud, CloudSettings), (edge, EdgeSettings)):
+        defaults = _field_defaults(cls)
+        assert len(defaults) > 10
+        for name, default in defaults.items():
+            value = getattr(settings, name)
+            if name in ("operators", "cameras"):
+                assert len(value) == len(default), name
+            else:
+                assert value == default, name
+
+
+def test_service_command_lines_load_without_torch() -> None:
+    """``--help`` of the cloud and edge commands is instant: the codec (torch) loads with the server / node only."""
+    code = "import sys, icmh.cloud.cli, icmh.edge.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

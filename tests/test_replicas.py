@@ -280,6 +280,45 @@ def test_replicas_spread_cameras_redirect_edges_and_route_inspections(
     index.close()
 
 
+def test_a_joining_replica_takes_its_share_of_the_cameras_and_no_frame_is_lost_or_repeated(
+        tmp_path: Path, tiny_weights: Path, shared_dir: Path, postgres_url: str) -> None:  # noqa: F811
+    """Four cameras stream to r1 alone; r2 joins mid-stream (a scale-out): once the imbalance has lasted
+    ``rebalance_s`` r1 hands two leases over, ends those streams with a redirect and their edges follow it to r2;
+    every frame of every camera is detected once over the two replicas' files."""
+    cameras = {f"cam-{i}": f"token-{i}" for i in range(4)}
+    frames = 24
+    r1 = replica(tmp_path, "r1", tiny_weights, shared_dir, cameras, postgres_url, rebalance_s=1.0)
+    servers, nodes = [r1], []
+    try:
+        for camera, token in cameras.items():
+            nodes.append(start_edge(edge_settings(tmp_path / f"edge-{camera}", camera, token, r1.port, shared_dir,
+                                                  tiny_weights, max_frames=frames, fps=3.0)))
+        wait_for(lambda: r1.replicas.held() == set(cameras), timeout=60, what="every camera on r1")
+        r2 = replica(tmp_path, "r2", tiny_weights, shared_dir, cameras, postgres_url, rebalance_s=1.0)
+        servers.append(r2)
+        wait_for(lambda: len(r1.replicas.held()) == 2 == len(r2.replicas.held()), timeout=60,
+                 what="two cameras on each replica")
+        moved = r2.replicas.held()
+        assert r1.metrics.registry.get_sample_value("icmh_cloud_lease_handovers_total") == 2
+        wait_for(lambda: all(r2.sessions.get(c) is not None for c in moved), timeout=60, what="moved edges on r2")
+        assert {node.settings.camera_id for node in nodes if node.link.target == f"127.0.0.1:{r2.port}"} == moved
+
+        def detected() -> Counter:
+            return Counter((r["camera_id"], r["frame_id"]) for server in servers
+                           for r in read_jsonl(server.settings.detections_jsonl))
+
+        expected = {(camera, i) for camera in cameras for i in range(1, frames + 1)}
+        wait_for(lambda: set(detected()) >= expected, timeout=180, poll=0.5, what="every frame detected")
+        assert set(detected()) == expected and set(detected().values()) == {1}, "a frame detected twice or never"
+        assert any(frame_ids(r1.settings.detections_jsonl, c) for c in moved)  # they did start on r1
+        assert all(frame_ids(r2.settings.detections_jsonl, c) for c in moved)
+    finally:
+        for node in nodes:
+            node.close()
+        for server in reversed(servers):
+            server.stop(grace=1)
+
+
 @pytest.mark.slow
 def test_replica_killed_mid_stream_its_cameras_move_and_every_frame_is_detected_once(
         tmp_path: Path, tiny_weights: Path, shared_dir: Path, postgres_url: str) -> None:  # noqa: F811

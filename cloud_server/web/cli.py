@@ -8,7 +8,6 @@ and ``--https-key``), since every request carries an operator token, unless ``--
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import socket
 import sys
@@ -20,6 +19,7 @@ import uvicorn
 
 from icmh.service.process import configure_logging, on_termination
 
+from ..settings import is_loopback
 from .app import CloudTarget, create_app
 
 log = logging.getLogger("icmh.web")
@@ -31,11 +31,7 @@ def parse_listen(listen: str) -> tuple[str, int, bool]:
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    return host, int(port), loopback
+    return host, int(port), is_loopback(listen)
 
 
 def bind(host: str, port: int) -> socket.socket:

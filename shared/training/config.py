@@ -3,11 +3,11 @@ parser takes its defaults from here without loading the trainer."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..defaults import field_default
 from ..paths import data_root
 
 KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh", "fr": "fr-icmh", "single": "single"}
@@ -47,9 +47,4 @@ class TrainConfig:
 
 def config_default(name: str) -> Any:
     """The default of the :class:`TrainConfig` field ``name`` (the one place a training default is set)."""
-    found = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    if found.default_factory is not dataclasses.MISSING:
-        return found.default_factory()
-    if found.default is dataclasses.MISSING:
-        raise KeyError(f"TrainConfig.{name} has no default")
-    return found.default
+    return field_default(TrainConfig, name)
