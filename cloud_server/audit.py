@@ -1,4 +1,7 @@
-"""The inspection audit log: every HUMAN and ORIGINAL frame request, allowed or refused, in its own SQLite file.
+"""The inspection audit log: every HUMAN and ORIGINAL frame request, allowed or refused.
+
+It is its own SQLite file beside an SQLite frame index, and a table of the index on PostgreSQL, where every
+replica of a fleet records into and lists from the same log.
 
 A row says who (operator, role, how identified, peer address), when, which camera and frame, which quality and
 what came of it: ``ok``, ``denied`` (role or camera list) or the failure's gRPC status in lower case
@@ -28,6 +31,8 @@ from icmh.service.timestamps import to_timestamp
 
 from .access import OperatorAccess, abort, refusal
 from .auth import Role
+from .frame_index import IndexBackend
+from .index_migrations import AUDIT_SQLITE
 from .metrics import CloudMetrics
 
 log = logging.getLogger("icmh.cloud.audit")
@@ -35,13 +40,6 @@ Quality = operator_pb2.Quality
 MAX_ID_CHARS = 256
 MAX_FRAME_ID = 2**63 - 1  # SQLite integers are signed 64-bit
 MAX_LIST = 10_000
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS inspection_audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ns INTEGER NOT NULL, operator TEXT NOT NULL, role TEXT NOT NULL,
-    via TEXT NOT NULL, peer TEXT NOT NULL, camera_id TEXT NOT NULL, frame_id INTEGER NOT NULL,
-    quality INTEGER NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS inspection_audit_time ON inspection_audit (time_ns);
-"""
 _COLUMNS = ("time_ns", "operator", "role", "via", "peer", "camera_id", "frame_id", "quality", "outcome", "detail")
 T = TypeVar("T")
 
@@ -73,10 +71,13 @@ def check_ids(context: grpc.ServicerContext, camera_id: str, *frame_ids: int) ->
 
 
 class AuditLog:
-    """Durable audit rows (``audit.db``), pruned by age only (its own retention, apart from the frame index)."""
+    """Durable audit rows, pruned by age only (its own retention, apart from the frame index): in an SQLite file
+    (``path``), or in the table the index's migrations made (an :class:`IndexBackend`, not closed here)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.db = Database(path, _SCHEMA)
+    def __init__(self, store: str | Path | IndexBackend) -> None:
+        self._own = isinstance(store, (str, Path))
+        self.db: Database | IndexBackend = Database(store, AUDIT_SQLITE) if isinstance(store, (str, Path)) else store
+        self.description = f"sqlite:///{store}" if self._own else f"the frame index ({store.description})"
 
     def record(self, record: AuditRecord) -> None:
         with self.db.transaction() as conn:
@@ -96,7 +97,7 @@ class AuditLog:
                 params.append(value)
         rows = self.db.query(f"SELECT {', '.join(_COLUMNS)} FROM inspection_audit WHERE {' AND '.join(where)} "
                              "ORDER BY time_ns DESC, seq DESC LIMIT ?", (*params, min(limit, MAX_LIST)))
-        return [AuditRecord(**dict(row)) for row in rows]
+        return [AuditRecord(*row) for row in rows]
 
     def prune(self, max_age_s: float, now_ns: int | None = None) -> int:
         """Delete rows older than ``max_age_s`` (0: keep forever); returns how many."""
@@ -110,7 +111,8 @@ class AuditLog:
         return self.db.query("SELECT COUNT(*) FROM inspection_audit")[0][0]
 
     def close(self) -> None:
-        self.db.close()
+        if self._own:
+            self.db.close()
 
 
 def quality_label(quality: int) -> str:

@@ -140,6 +140,11 @@ class FrameIndex:
     def description(self) -> str:
         return self._db.description
 
+    @property
+    def backend(self) -> IndexBackend:
+        """The store the index is in (the inspection audit shares it on PostgreSQL)."""
+        return self._db
+
     def schema_version(self) -> int:
         return int(self._db.query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0][0])
 

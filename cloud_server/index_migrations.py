@@ -81,10 +81,29 @@ CREATE TABLE camera_leases (
 CREATE INDEX camera_leases_holder ON camera_leases (incarnation)
 """
 
+# The inspection audit log (icmh.cloud.audit). In its own SQLite file (``audit.db``) beside an SQLite index; in
+# the index itself on PostgreSQL, so that every replica records into and lists from one log. SQLite indexes get
+# the table too (unused), so that both stores keep one version sequence.
+AUDIT_SQLITE = """
+CREATE TABLE IF NOT EXISTS inspection_audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ns INTEGER NOT NULL, operator TEXT NOT NULL, role TEXT NOT NULL,
+    via TEXT NOT NULL, peer TEXT NOT NULL, camera_id TEXT NOT NULL, frame_id INTEGER NOT NULL,
+    quality INTEGER NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS inspection_audit_time ON inspection_audit (time_ns)
+"""
+_AUDIT_POSTGRES = """
+CREATE TABLE inspection_audit (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, time_ns BIGINT NOT NULL, operator TEXT NOT NULL,
+    role TEXT NOT NULL, via TEXT NOT NULL, peer TEXT NOT NULL, camera_id TEXT NOT NULL, frame_id BIGINT NOT NULL,
+    quality INTEGER NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE INDEX inspection_audit_time ON inspection_audit (time_ns)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "cameras and frames", {"sqlite": _FRAMES_SQLITE, "postgresql": _FRAMES_POSTGRES}),
     Migration(2, "per-sink deliveries", {"sqlite": _DELIVERIES, "postgresql": _DELIVERIES}),
     Migration(3, "replicas and camera leases", {"sqlite": _REPLICAS, "postgresql": _REPLICAS}),
+    Migration(4, "inspection audit", {"sqlite": AUDIT_SQLITE, "postgresql": _AUDIT_POSTGRES}),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -69,7 +69,7 @@ class CloudServer:
         self._server = self._bind()  # first: a replica advertises the bound port
         self.index: FrameIndex | ReplicaFrameIndex
         try:  # a bad output URL or an unreachable index: nothing left connected
-            self.publishers.extend(open_publisher(url, s.publish_timeout_s) for url in s.publish)
+            self.publishers.extend(open_publisher(url, s.publish_timeout_s, s.replica_id) for url in s.publish)
             self.sink = JsonlSink(s.detections_jsonl) if s.detections_jsonl else None
             sinks: list[Publisher] = [*([self.sink] if self.sink else []), *self.publishers]
             if s.replica_id is None:
@@ -84,7 +84,8 @@ class CloudServer:
                 self.index.close()
             self._server.stop(0)
             raise
-        self.audit = AuditLog(s.data_dir / "audit.db")
+        shared = self.index.backend if self.index.backend.dialect == "postgresql" else None
+        self.audit = AuditLog(shared or s.data_dir / "audit.db")  # one log for every replica of a fleet
         self.sessions = EdgeSessions()
         self.peer_feeds: PeerFeeds | None = None
         if isinstance(self.index, ReplicaFrameIndex):

@@ -72,6 +72,18 @@ def test_mqtt_results_per_camera_topics_and_retained_status() -> None:
             late.close()
         publisher.close()
         wait_for(lambda: collector.last(f"{prefix}/status") == b"offline", what="the offline status on close")
+
+        # a replica of a fleet: its own availability topic, and camera statuses that name it
+        replica = open_publisher(f"{url}/{prefix}", timeout_s=10, replica_id="cloud-1")
+        try:
+            wait_for(lambda: collector.last(f"{prefix}/replicas/cloud-1/status") == b"online", what="replica online")
+            replica.publish_status({"north": True})
+            wait_for(lambda: json.loads(collector.last(f"{prefix}/north/status")).get("replica") == "cloud-1",
+                     what="the camera status naming its replica")
+        finally:
+            replica.close()
+        wait_for(lambda: collector.last(f"{prefix}/replicas/cloud-1/status") == b"offline", what="replica offline")
+        assert collector.last(f"{prefix}/status") == b"offline"  # the fleet topic was not touched by the replica
     finally:
         collector.close()
 

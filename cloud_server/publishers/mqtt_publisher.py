@@ -9,6 +9,10 @@ see :func:`~icmh.cloud.publishers.base.topic_token`):
   every (re)connection;
 * ``PREFIX/status`` — retained ``online``; ``offline`` on shutdown and, as the connection's will, on a crash.
 
+A replica among several (``replica_id``) announces itself on ``PREFIX/replicas/REPLICA/status`` instead, so that
+one replica's crash does not mark the fleet offline, and its camera statuses say ``"replica"``: the status of a
+camera whose replica is ``offline`` is stale until the camera's new replica publishes it.
+
 A batch counts as delivered when the broker has acknowledged (PUBACK) every message. paho keeps unacknowledged
 QoS 1 messages across reconnections and sends them again, so a retry after a timeout waits for those instead of
 publishing them a second time. Across a cloud restart a result whose PUBACK was not recorded in the index is
@@ -34,7 +38,7 @@ log = logging.getLogger("icmh.cloud.mqtt")
 
 
 class MqttPublisher(Publisher):
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, replica_id: str | None = None) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError as exc:
@@ -46,6 +50,9 @@ class MqttPublisher(Publisher):
         if any(c in self.prefix for c in "+#") or "//" in self.prefix:
             raise ValueError(f"MQTT topic prefix {self.prefix!r} has a wildcard or an empty level")
         self.name = f"mqtt:{self.prefix}"
+        self.replica_id = replica_id
+        self.status_topic = (f"{self.prefix}/status" if replica_id is None
+                             else f"{self.prefix}/replicas/{topic_token(replica_id)}/status")
         self.timeout_s = timeout_s
         self._mqtt = mqtt
         query = parse_qs(parts.query)
@@ -57,7 +64,7 @@ class MqttPublisher(Publisher):
             self._client.username_pw_set(unquote(parts.username), password)
         if parts.scheme == "mqtts":
             self._client.tls_set()
-        self._client.will_set(f"{self.prefix}/status", "offline", qos=1, retain=True)
+        self._client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.reconnect_delay_set(1, 10)
         self._inflight: dict[tuple[str, int], Any] = {}  # result key -> MQTTMessageInfo not yet acknowledged
@@ -75,7 +82,7 @@ class MqttPublisher(Publisher):
             log.warning("MQTT broker refused the connection: %s", reason_code)
             return
         log.info("connected to the MQTT broker (topics under %s/)", self.prefix)
-        client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
+        client.publish(self.status_topic, "online", qos=1, retain=True)
         self._connections += 1
         self._first_connection.set()
 
@@ -118,13 +125,16 @@ class MqttPublisher(Publisher):
         for camera_id, state in online.items():
             if self._status_sent.get(camera_id) == state:
                 continue
-            body = json.dumps({"camera_id": camera_id, "online": state, "time_ns": time.time_ns()})
+            status = {"camera_id": camera_id, "online": state, "time_ns": time.time_ns()}
+            if self.replica_id is not None:
+                status["replica"] = self.replica_id
+            body = json.dumps(status)
             info = self._client.publish(f"{self.prefix}/{topic_token(camera_id)}/status", body, qos=1, retain=True)
             if info.rc == self._mqtt.MQTT_ERR_SUCCESS:
                 self._status_sent[camera_id] = state
 
     def close(self) -> None:
         if self._client.is_connected():
-            self._client.publish(f"{self.prefix}/status", "offline", qos=1, retain=True).wait_for_publish(2.0)
+            self._client.publish(self.status_topic, "offline", qos=1, retain=True).wait_for_publish(2.0)
         self._client.disconnect()
         self._client.loop_stop()
