@@ -55,6 +55,12 @@ def test_container_compose_and_kubernetes_flags_are_cloud_server_flags() -> None
     assert cloud["environment"]["ICMH_INDEX"].startswith("postgresql://")
     for source in ("cameras", "operators"):
         assert (DEPLOY / compose["configs"][source]["file"]).exists()
+    replicas = [build_parser().parse_args(command[1:] + compose["services"][name]["command"])
+                for name in ("cloud", "cloud-1")]  # the second replica (profile "replicas") shares the index
+    assert [r.replica_id for r in replicas] == ["cloud-0", "cloud-1"]
+    assert len({r.advertise_address for r in replicas}) == 2 and compose["services"]["cloud-1"]["profiles"]
+    assert compose["services"]["cloud-1"]["environment"]["ICMH_INDEX"] == cloud["environment"]["ICMH_INDEX"]
+    assert "ICMH_REPLICA_TOKEN" in cloud["environment"]
     [container] = manifests()[("StatefulSet", "icmh-cloud")]["spec"]["template"]["spec"]["containers"]
     build_parser().parse_args(command[1:] + container["args"])
 
