@@ -19,7 +19,9 @@ import torch
 from icmh.codec import BitstreamError, ScalableCodec, inspect
 from icmh.codec.api import image_to_tensor, tensor_to_image
 from icmh.codec.bitstream import LayerHeader, LayerKind, pack, unpack
-from icmh.codec.exact import exact_arithmetic
+from icmh.codec.exact import exact_arithmetic, exact_kernel
+from icmh.codec.models import build_model
+from icmh.codec.weights import prepare
 from tests.conftest import make_tiny_weights
 
 
@@ -55,8 +57,21 @@ def photo() -> np.ndarray:
     return synthetic_photo()  # odd size on purpose
 
 
-@pytest.fixture(scope="module", params=["pr", "fr"])
+def conditional_codec(tiny_weights: Path) -> ScalableCodec:
+    """The tiny base with a conditional PR residual codec whose x̂_m branches are not zero (as after training)."""
+    base = ScalableCodec.from_weights(tiny_weights, mode="pr").base
+    torch.manual_seed(4)
+    model = build_model("pr-icmh-c-tiny")
+    for layer in (model.g_s.machine_half, model.g_s.refine[-1]):
+        torch.nn.init.normal_(layer.weight, std=0.05)
+    model.update(force=True)
+    return ScalableCodec(base, prepare(model, "pr-icmh-c-tiny"), mode="pr")
+
+
+@pytest.fixture(scope="module", params=["pr", "fr", "pr-conditional"])
 def codec(request: pytest.FixtureRequest, tiny_weights: Path) -> ScalableCodec:
+    if request.param == "pr-conditional":
+        return conditional_codec(tiny_weights)
     return ScalableCodec.from_weights(tiny_weights, mode=request.param)
 
 
@@ -282,3 +297,18 @@ def test_fast_decode_in_one_thread_leaves_exact_decode_in_another(codec: Scalabl
         stop.set()
         switcher.join()
 
+
+
+def test_conditional_residual_uses_the_machine_image_and_decodes_alike_with_both_kernels(
+        tiny_weights: Path, photo: np.ndarray) -> None:
+    codec = conditional_codec(tiny_weights)
+    base, residual = codec.encode(photo, 0.4, 0.8)
+    with exact_kernel("int8"):
+        human = codec.decode_human(base, residual)
+    with exact_kernel("float64"):
+        np.testing.assert_array_equal(codec.decode_human(base, residual), human)
+    model = codec.residual.model
+    with torch.no_grad():  # the synthesis depends on x̂_m: another side image changes the pixels
+        y = torch.zeros(1, 24, 4, 4)
+        x_m = torch.rand(1, 3, 64, 64)
+        assert not torch.equal(model.g_s(y, x_m), model.g_s(y, x_m.flip(-1)))

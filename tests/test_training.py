@@ -19,7 +19,7 @@ from icmh.splits import check_training_path, video_frames
 from icmh.training.data import load_detection_monitor_set, load_training_set
 from icmh.training.detector_features import DetectorFeatureLoss
 from icmh.training.masks import SamBoundaries, boxes_to_mask, edge_mask
-from icmh.training.trainer import TrainConfig, Trainer, accuracy_at
+from icmh.training.trainer import WARMUP_STEPS, TrainConfig, Trainer, accuracy_at, warm_start
 
 
 def tiny_sam():
@@ -189,6 +189,7 @@ def test_warm_start_from_exported_weights_takes_every_tensor(tmp_path: Path) -> 
     cfg = TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny",
                       init_from=folder / "sa-icm.pt", threads=1)
     trainer = Trainer(cfg)
+    assert trainer.warmup_until == WARMUP_STEPS  # fresh Adam moments on trained weights: the lr ramps up
     exported = load_layer(folder / "sa-icm.pt").model.state_dict()
     for name, value in trainer.model.named_parameters():  # every learned tensor (entropy tables are rebuilt)
         assert torch.equal(value.detach(), exported[name].float()), name
@@ -227,3 +228,29 @@ def test_resuming_an_older_checkpoint_resets_adam_and_warms_up(tmp_path: Path) -
     resumed = Trainer(cfg)
     assert resumed.step == 1 and not resumed.opt.state_dict()["state"]
     assert resumed.opt.param_groups[0]["lr"] < 1e-5  # first step of the warm-up
+
+
+def test_conditional_codec_warm_started_from_explicit_pr_decodes_the_same_pixels(tmp_path: Path) -> None:
+    """--init-from an explicit PR-ICMH checkpoint: the conditional codec starts as exactly that codec (its x̂_m
+    input channels and branches at zero), whatever x̂_m is."""
+    from icmh.codec.models import build_model
+
+    torch.manual_seed(2)
+    explicit = build_model("pr-icmh-tiny")
+    torch.save({"model": explicit.state_dict()}, tmp_path / "explicit.pt")
+    conditional = build_model("pr-icmh-c-tiny")
+    assert warm_start(conditional, tmp_path / "explicit.pt") > 0
+    mine = dict(conditional.named_parameters())
+    for name, value in explicit.named_parameters():  # every learned tensor taken; the x̂_m channels at zero
+        assert torch.equal(mine[name][:, :3] if name == "g_a.0.weight" else mine[name], value), name
+    assert not conditional.g_a[0].weight[:, 3:].any()
+    explicit.eval(), conditional.eval()
+    for model in (explicit, conditional):
+        model.update(force=True)
+    x_d, x_m, q = torch.rand(1, 3, 64, 64) - 0.5, torch.rand(1, 3, 64, 64), torch.tensor([100])
+    with torch.no_grad():
+        strings = explicit.compress(x_d, q)
+        shape = strings["shape"]
+        a = explicit.decompress(strings["strings"], shape, q)["x_hat"]
+        b = conditional.decompress(strings["strings"], shape, q, x_m)["x_hat"]
+    assert torch.equal(a, b)

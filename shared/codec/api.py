@@ -22,7 +22,7 @@ from torch import Tensor
 from . import classical_residual, lossless
 from .bitstream import DIGEST_BYTES, BitstreamError, LayerHeader, LayerKind, digest, layers_digest, pack, unpack
 from .exact import exact_arithmetic
-from .models import ALIGNMENT, FeatureResidualCodec
+from .models import ALIGNMENT, FeatureResidualCodec, machine_side
 from .rate import rate_to_index
 from .weights import LAYER_FILES, SHIPPED_DIR, LoadedModel, load_layer
 
@@ -148,7 +148,8 @@ class ScalableCodec:
             q = torch.tensor([q_index])
             with exact_arithmetic(True):
                 if self.mode == "pr":
-                    out = model.compress(x - base.machine.clamp(0.0, 1.0), q)
+                    x_m = base.machine.clamp(0.0, 1.0)
+                    out = model.compress(x - x_m, q, *machine_side(model, x_m))
                 else:
                     out = model.compress(x, q, base.y_hat)
             strings = [s[0] for s in out["strings"]]
@@ -262,8 +263,8 @@ class ScalableCodec:
         q = torch.tensor([header.rate_index])
         with exact_arithmetic(True):
             if self.mode == "pr":
-                x_d = model.decompress([[s] for s in strings], shape, q)["x_hat"]
-                x_hat = machine.clamp(0.0, 1.0) + x_d
+                x_m = machine.clamp(0.0, 1.0)
+                x_hat = x_m + model.decompress([[s] for s in strings], shape, q, *machine_side(model, x_m))["x_hat"]
             else:
                 x_hat = model.decompress([[s] for s in strings], shape, q, y_hat)["x_hat"]
         return tensor_to_image(x_hat, header.height, header.width)

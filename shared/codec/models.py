@@ -6,6 +6,9 @@
   it is the machine-oriented base layer; trained on the pixel residual
   ``x_d = x - x̂_m`` it is the PR-ICMH human layer (Tatsumi et al., Sec. III-C,
   Eq. (6)); trained with plain MSE it is the single-layer reference.
+* ``ConditionalResidualCodec``: PR-ICMH whose encoder and synthesis also see x̂_m (an option beyond the
+  paper: conditional rather than explicit residual coding, x̂ = x̂_m + g_s(ŷ_d, x̂_m)); the entropy model
+  is PR-ICMH's, so what the decoder must reproduce bit for bit is unchanged.
 * ``FeatureResidualCodec``: FR-ICMH (Tatsumi et al., Sec. III-B). Its analysis
   transform gives ``y``; the first ``coded_slices`` slices of ``ya = y - ŷm``
   are coded (Eq. (2)); the decoder fuses ``ŷ_k = ŷm_k + ŷa_k`` for k <= N_a and
@@ -34,6 +37,7 @@ from torch import Tensor
 
 from .rate import GainUnit
 from .transforms import (
+    ConditionalSynthesis,
     analysis_transform,
     channel_context,
     entropy_parameters,
@@ -172,6 +176,33 @@ class ImageCodec(ChannelARCodec):
         return {"x_hat": self.g_s(y_hat), "y_hat": y_hat}
 
 
+class ConditionalResidualCodec(ChannelARCodec):
+    """Codes the pixel residual ``x_d = x - x̂_m`` with x̂_m as side information at both ends:
+    ``ŷ_d = Q(g_a([x_d, x̂_m]))``, ``x̂_d = g_s(ŷ_d, x̂_m)`` (see :class:`ConditionalSynthesis`)."""
+
+    def __init__(self, *, in_channels: int = 3, out_channels: int = 3, **kwargs: Any) -> None:
+        super().__init__(in_channels=in_channels + 3, out_channels=out_channels, **kwargs)
+        widths = kwargs.get("synthesis_widths") or (kwargs.get("width", 48),) * 3
+        self.g_s = ConditionalSynthesis(self.slice_channels * self.num_slices, widths, out_channels)
+
+    def forward(self, x: Tensor, q: Tensor, x_m: Tensor) -> dict[str, Any]:
+        y_hat, likelihoods = self._code_forward(self.g_a(torch.cat([x, x_m], dim=1)), q)
+        return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat, "likelihoods": likelihoods}
+
+    def compress(self, x: Tensor, q: Tensor, x_m: Tensor) -> dict[str, Any]:
+        out = self._code_compress(self.g_a(torch.cat([x, x_m], dim=1)), q)
+        return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
+
+    def decompress(self, strings: list[list[bytes]], shape: dict, q: Tensor, x_m: Tensor) -> dict[str, Any]:
+        y_hat = self.decompress_latent(strings, shape, q)
+        return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat}
+
+
+def machine_side(model: ChannelARCodec, x_m: Tensor) -> tuple[Tensor, ...]:
+    """What a PR residual model takes besides its input and rate: x̂_m for the conditional codec, else nothing."""
+    return (x_m,) if isinstance(model, ConditionalResidualCodec) else ()
+
+
 class FeatureResidualCodec(ChannelARCodec):
     """FR-ICMH: codes ``ya_k = y_k - ŷm_k`` for the first ``coded_slices`` slices."""
 
@@ -201,6 +232,10 @@ class FeatureResidualCodec(ChannelARCodec):
 
 
 # -- registry of named architectures ------------------------------------------------------
+MODEL_DEFAULTS_PR_L: dict[str, Any] = {
+    "analysis_widths": (64, 96, 128), "synthesis_widths": (128, 96, 64), "gdn": True,
+    "latent": 192, "num_slices": 3, "hyper": 96, "side": 192, "context": 96,
+}
 MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] = {
     # base layer: SA-ICM, N_m = 5 slices
     "sa-icm": (ImageCodec, {"width": 48, "latent": 160, "num_slices": 5}),
@@ -208,11 +243,10 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     "pr-icmh": (ImageCodec, {"width": 48, "latent": 96, "num_slices": 3}),
     # human layer on the pixel residual, larger (session 3): GDN encoder, wider decoder, 192-channel latent.
     # The width-48 models flatten near 30 dB; this one keeps its cost in the 1/8 and 1/4 stages of g_s.
-    "pr-icmh-l": (
-        ImageCodec,
-        {"analysis_widths": (64, 96, 128), "synthesis_widths": (128, 96, 64), "gdn": True,
-         "latent": 192, "num_slices": 3, "hyper": 96, "side": 192, "context": 96},
-    ),
+    "pr-icmh-l": (ImageCodec, MODEL_DEFAULTS_PR_L),
+    # pr-icmh-l with x̂_m at the encoder and in the synthesis (conditional residual coding, session 6);
+    # starts as exactly pr-icmh-l when warm-started from it (icmh train --init-from)
+    "pr-icmh-c": (ConditionalResidualCodec, MODEL_DEFAULTS_PR_L),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # single-layer reference: same architecture as the base, plain MSE
@@ -220,6 +254,9 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     # tiny variants for tests
     "sa-icm-tiny": (ImageCodec, {"width": 8, "latent": 40, "num_slices": 5, "hyper": 8, "side": 16, "context": 8}),
     "pr-icmh-tiny": (ImageCodec, {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8}),
+    "pr-icmh-c-tiny": (
+        ConditionalResidualCodec, {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8},
+    ),
     "fr-icmh-tiny": (
         FeatureResidualCodec,
         {"width": 8, "latent": 40, "num_slices": 5, "coded_slices": 3, "hyper": 8, "side": 16, "context": 8},

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn as nn
 from compressai.layers import GDN
+from torch import Tensor
 
 from .exact import ExactConv2d, ExactConvTranspose2d
 
@@ -86,3 +88,33 @@ def entropy_parameters(in_channels: int, slice_channels: int) -> nn.Sequential:
         exact_conv(hidden, hidden, 1), nn.ReLU(inplace=True),
         exact_conv(hidden, 2 * slice_channels, 1),
     )
+
+
+class ConditionalSynthesis(nn.Module):
+    """g_s of the conditional residual codec: the PR-ICMH synthesis, with the machine image x̂_m joined in.
+
+    ``x̂_d = r + refine([r, x̂_m])`` with ``r = g_s(ŷ_d)`` whose half-resolution features receive
+    ``machine_half(x̂_m)``. The layers of the plain synthesis keep their names (``0`` .. ``2k``), so an explicit PR-ICMH
+    checkpoint loads into it; ``machine_half`` and the last layer of ``refine`` start at zero, which makes the
+    conditional codec start as exactly that PR-ICMH. Every layer is exact (decoder side).
+    """
+
+    def __init__(self, latent: int, widths: Sequence[int], out_ch: int, refine_width: int = 24) -> None:
+        super().__init__()
+        self.layers = len(synthesis_transform(latent, widths, out_ch))
+        for i, layer in enumerate(synthesis_transform(latent, widths, out_ch)):
+            self.add_module(str(i), layer)
+        self.machine_half = exact_conv(3, widths[-1], 5, stride=2)
+        self.refine = nn.Sequential(
+            exact_conv(out_ch + 3, refine_width), nn.ReLU(inplace=True), exact_conv(refine_width, out_ch),
+        )
+        for zero in (self.machine_half, self.refine[-1]):
+            nn.init.zeros_(zero.weight)
+            nn.init.zeros_(zero.bias)
+
+    def forward(self, y: Tensor, x_m: Tensor) -> Tensor:
+        h = y
+        for i in range(self.layers - 1):
+            h = self._modules[str(i)](h)
+        r = self._modules[str(self.layers - 1)](h + self.machine_half(x_m))
+        return r + self.refine(torch.cat([r, x_m], dim=1))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..codec.exact import exact_arithmetic
-from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model
+from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model, machine_side
 from ..codec.rate import RATE_STEPS, lambda_for_index
 from ..codec.weights import LoadedModel, load_layer, load_state, prepare
 from .config import KIND_ARCHITECTURE, TrainConfig
@@ -50,6 +50,36 @@ def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
     """Per-sample rate in bits per image pixel."""
     total = sum(torch.log(v).flatten(1).sum(1) for v in likelihoods.values())
     return total / (-math.log(2) * num_pixels)
+
+
+def warm_start(model: ChannelARCodec, path: Path) -> int:
+    """Load ``path``'s tensors that fit ``model`` (``--init-from``); returns how many were taken.
+
+    A training checkpoint keeps its tensors under "model", an exported weights file under "state_dict".
+    Entropy tables are rebuilt, not taken. A weight with more input channels here (the conditional codec's
+    ``[x_d, x̂_m]``) takes the old channels and zeros after them.
+    """
+    state = load_state(path)  # a user-supplied file: tensors only
+    source = state.get("model") or state.get("state_dict") or state
+    own = model.state_dict()
+    taken = {}
+    for k, v in source.items():
+        if k not in own or k.endswith(("_quantized_cdf", "_offset", "_cdf_length")):
+            continue
+        if own[k].shape == v.shape:
+            taken[k] = v.float()
+        elif widened_inputs(own[k].shape, v.shape):
+            wide = torch.zeros(own[k].shape)
+            wide[:, : v.shape[1]] = v.float()
+            taken[k] = wide
+    own.update(taken)
+    torch.nn.Module.load_state_dict(model, own, strict=False)
+    return len(taken)
+
+
+def widened_inputs(own: torch.Size, source: torch.Size) -> bool:
+    """A convolution weight with more input channels than ``source`` and otherwise the same shape."""
+    return len(own) == len(source) >= 2 and own[0] == source[0] and own[2:] == source[2:] and own[1] > source[1]
 
 
 class Trainer:
@@ -116,18 +146,9 @@ class Trainer:
             group["lr"] = self.cfg.lr * scale
 
     def _warm_start(self, path: Path) -> None:
-        state = load_state(path)  # --init-from: a user-supplied file, tensors only
-        # a training checkpoint keeps its tensors under "model", an exported weights file under "state_dict"
-        source = state.get("model") or state.get("state_dict") or state
-        own = self.model.state_dict()
-        taken = {}
-        for k, v in source.items():
-            tables = ("_quantized_cdf", "_offset", "_cdf_length")
-            if k in own and own[k].shape == v.shape and not k.endswith(tables):
-                taken[k] = v.float()
-        own.update(taken)
-        torch.nn.Module.load_state_dict(self.model, own, strict=False)
-        print(f"warm start from {path}: {len(taken)}/{len(own)} tensors")
+        taken = warm_start(self.model, path)
+        self.warmup_until = WARMUP_STEPS  # fresh Adam moments on trained weights
+        print(f"warm start from {path}: {taken}/{len(self.model.state_dict())} tensors")
 
     def save(self) -> None:
         state = {
@@ -183,8 +204,9 @@ class Trainer:
             with torch.no_grad(), exact_arithmetic(False):
                 base = self.base(x, q_base)
             if kind == "pr":
-                x_d = x - base["x_hat"].clamp(0, 1)
-                out = self.model(x_d, q)
+                x_m = base["x_hat"].clamp(0, 1)
+                x_d = x - x_m
+                out = self.model(x_d, q, *machine_side(self.model, x_m))
                 mse = (out["x_hat"] - x_d).pow(2).flatten(1).mean(1)
             else:
                 assert isinstance(self.model, FeatureResidualCodec)
