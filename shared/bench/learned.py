@@ -24,7 +24,8 @@ from .curves import Coded, RateSweep
 LEARNED = {
     "sa-icm": ("base", "SA-ICM base (ours)"),
     "single": ("single", "single-layer reference"),
-    "pr-icmh": ("pr", "PR-ICMH (ours)"),
+    "pr-icmh": ("pr", "PR-ICMH, shipped (ours)"),
+    "pr-icmh-explicit": ("pr-explicit", "PR-ICMH, explicit residual as published"),
     "pr-icmh-small": ("pr-small", "PR-ICMH, small decoder (session 2)"),
     "fr-icmh": ("fr", "FR-ICMH (ours)"),
     "pr-avif": ("avif", "AVIF residual on SA-ICM (classical baseline)"),
