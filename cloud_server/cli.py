@@ -13,6 +13,7 @@ from typing import Any
 from icmh.codec.bitstream import BitstreamError
 from icmh.defaults import field_default
 from icmh.paths import default_detector
+from icmh.service.process import add_process_arguments
 
 from .auth import CameraRegistry, OperatorRegistry
 from .settings import REFLECTION_MODES, CloudSettings
@@ -104,12 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds to wait for an edge's residual")
     lim.add_argument("--max-workers", type=int, default=cloud_default("max_workers"),
                      help="gRPC threads (one per edge stream / subscriber)")
-    p.add_argument("--metrics-port", type=int, default=cloud_default("metrics_port"),
-                   help="Prometheus port (0: disabled)")
-    p.add_argument("--metrics-addr", default=cloud_default("metrics_addr"),
-                   help="address the metrics endpoint binds (e.g. 127.0.0.1)")
-    p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
-    p.add_argument("--log-level", default="INFO")
+    add_process_arguments(p, cloud_default("metrics_port"), cloud_default("metrics_addr"))
     return p
 
 

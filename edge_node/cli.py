@@ -11,6 +11,7 @@ from typing import Any
 
 from icmh.codec.bitstream import BitstreamError
 from icmh.defaults import field_default
+from icmh.service.process import add_process_arguments
 
 from .link import LinkRefused, LinkSettings
 from .settings import EdgeSettings
@@ -79,11 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="first reconnect delay, seconds")
     link.add_argument("--reconnect-max", type=float, default=LinkSettings.backoff_max_s,
                       help="longest reconnect delay, seconds")
-    p.add_argument("--metrics-port", type=int, default=edge_default("metrics_port"),
-                   help="Prometheus port (0: disabled)")
-    p.add_argument("--metrics-addr", default=edge_default("metrics_addr"),
-                   help="address the metrics endpoint binds (e.g. 127.0.0.1)")
-    p.add_argument("--log-level", default="INFO")
+    add_process_arguments(p, edge_default("metrics_port"), edge_default("metrics_addr"))
     return p
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
+
+
+def add_process_arguments(parser: argparse.ArgumentParser, metrics_port: int, metrics_addr: str) -> None:
+    """``--metrics-port``, ``--metrics-addr`` and ``--log-level`` of a long-running service command."""
+    parser.add_argument("--metrics-port", type=int, default=metrics_port, help="Prometheus port (0: disabled)")
+    parser.add_argument("--metrics-addr", default=metrics_addr,
+                        help="address the metrics endpoint binds (e.g. 127.0.0.1)")
+    parser.add_argument("--log-level", default="INFO")
 
 
 def configure_logging(level: str = "INFO") -> None:
