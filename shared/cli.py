@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--validate-every", type=int, default=d("validate_every"),
                    help="steps between validations on real bitstreams (default %(default)s)")
     t.add_argument("--max-minutes", type=float, help="stop after this much wall time (default: no limit)")
-    t.add_argument("--init-from", help="warm start from another checkpoint (matching tensors)")
+    t.add_argument("--init-from", help="warm start from another checkpoint or weights file (tensors of the same "
+                                       "shape; a weight with more input channels takes the old ones and zeros)")
     t.set_defaults(func=cmd_train)
 
     x = sub.add_parser("export", help="write compact fp16 weights + manifest from a checkpoint")
