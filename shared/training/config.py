@@ -10,8 +10,9 @@ from typing import Any
 from ..defaults import field_default
 from ..paths import data_root
 
-KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh", "fr": "fr-icmh", "single": "single"}
-DEFAULT_LAMBDAS = {"base": (0.002, 0.06), "pr": (0.002, 0.05), "fr": (0.002, 0.05), "single": (0.002, 0.05)}
+# the shipped architectures (shared/weights/*.json) and their λ ranges
+KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh-c", "fr": "fr-icmh", "single": "single"}
+DEFAULT_LAMBDAS = {"base": (0.002, 0.06), "pr": (0.003, 0.25), "fr": (0.002, 0.05), "single": (0.002, 0.05)}
 MASK_PROVIDERS = ("boxes", "edges", "boxes+edges", "sam")
 
 
