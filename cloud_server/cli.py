@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds to wait for an edge's residual")
     lim.add_argument("--max-workers", type=int, default=cloud_default("max_workers"),
                      help="gRPC threads (one per edge stream / subscriber)")
+    p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
     add_process_arguments(p, cloud_default("metrics_port"), cloud_default("metrics_addr"))
     return p
 
