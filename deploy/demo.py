@@ -28,11 +28,12 @@ import grpc
 from icmh.cloud.operator_cli import format_detections, format_result
 from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR
 from icmh.edge.source import FrameSource
+from icmh.metrics import psnr
 from icmh.paths import data_root, default_detector
 from icmh.rpc import operator_pb2, operator_pb2_grpc
 from icmh.service.feed import DetectionFeed
 from icmh.service.grpc_setup import with_token
-from icmh.service.images import decode_png, psnr
+from icmh.service.images import decode_png
 from icmh.service.local import LOOPBACK, LocalServices, ServiceError
 
 CAMERA, TOKEN = "demo-cam", "demo-token"

@@ -9,7 +9,7 @@ import pytest
 
 from icmh.bench import classical
 from icmh.bench.classical import CLASSICAL_CODECS, select_codecs
-from icmh.service.images import psnr
+from icmh.metrics import psnr
 
 
 def _test_image(height: int = 45, width: int = 67) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 from icmh.codec import BitstreamError, ScalableCodec, inspect
 from icmh.codec import classical_residual as avif
 from icmh.codec.bitstream import LayerKind, pack, unpack
-from icmh.service.images import psnr
+from icmh.metrics import psnr
 from tests.test_codec import synthetic_photo
 
 pytestmark = pytest.mark.skipif(not avif.available(), reason="Pillow without AVIF support")

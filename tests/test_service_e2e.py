@@ -33,8 +33,9 @@ from icmh.codec.api import ScalableCodec
 from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR
 from icmh.edge.source import FrameSource
 from icmh.edge.store import StoreLimits
+from icmh.metrics import psnr
 from icmh.rpc import common_pb2, operator_pb2
-from icmh.service.images import decode_png, psnr
+from icmh.service.images import decode_png
 
 CAMERAS = {c: f"token-{c}" for c in ("cam-main", "cam-evict", "cam-a", "cam-b", "cam-config", "cam-cli", "cam-idle")}
 MACHINE, HUMAN = operator_pb2.QUALITY_MACHINE, operator_pb2.QUALITY_HUMAN

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from pytorch_msssim import ms_ssim
 
-from icmh.service.images import psnr
+from icmh.metrics import msssim, psnr
 
 from ..media import read_rgb
 from .curves import Evaluate, bd_rate_table, measure_curve
@@ -32,15 +30,6 @@ HUMAN_DATASETS = ("kodak", TRAFFIC_CAMS)
 ANCHORS = ("webp", "jpeg")
 METRICS = {"psnr": "PSNR RGB (dB)", "ms_ssim": "MS-SSIM"}
 
-
-
-def msssim(reference: np.ndarray, decoded: np.ndarray) -> float:
-    """MS-SSIM (pytorch_msssim, 5 scales, data range 255) of two uint8 RGB images."""
-    def to_tensor(image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-
-    with torch.no_grad():
-        return float(ms_ssim(to_tensor(reference), to_tensor(decoded), data_range=255.0))
 
 
 def quality_evaluator(paths: list[Path]) -> Evaluate:

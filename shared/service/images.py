@@ -19,11 +19,3 @@ def decode_png(data: bytes) -> np.ndarray:
     if image is None:
         raise ValueError("not a decodable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two uint8 images of equal shape (inf when equal)."""
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)

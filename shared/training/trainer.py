@@ -220,7 +220,7 @@ class Trainer:
     def validate(self, held: list[np.ndarray]) -> dict[str, float]:
         """Real compress/decompress on held-out images at three rates."""
         from ..codec.api import ScalableCodec
-        from ..service.images import psnr
+        from ..metrics import psnr
 
         self.model.eval()
         self.model.update(force=True)
