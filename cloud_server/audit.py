@@ -75,9 +75,8 @@ class AuditLog:
     (``path``), or in the table the index's migrations made (an :class:`IndexBackend`, not closed here)."""
 
     def __init__(self, store: str | Path | IndexBackend) -> None:
-        self._own = isinstance(store, (str, Path))
-        self.db: Database | IndexBackend = Database(store, AUDIT_SQLITE) if isinstance(store, (str, Path)) else store
-        self.description = f"sqlite:///{store}" if self._own else f"the frame index ({store.description})"
+        self._own = isinstance(store, (str, Path))  # an SQLite file of its own, closed with the log
+        self.db: Database | IndexBackend = Database(store, AUDIT_SQLITE) if self._own else store
 
     def record(self, record: AuditRecord) -> None:
         with self.db.transaction() as conn:

@@ -23,13 +23,7 @@ import torch
 from compressai.layers import GDN
 from torch import Tensor, nn
 
-from icmh.codec.models import (
-    MODEL_REGISTRY,
-    ChannelARCodec,
-    ConditionalResidualCodec,
-    FeatureResidualCodec,
-    build_model,
-)
+from icmh.codec.models import MODEL_REGISTRY, ChannelARCodec, FeatureResidualCodec, build_model, machine_side
 from icmh.codec.rate import rate_to_index
 
 COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, GDN)
@@ -90,11 +84,8 @@ def model_macs(model: ChannelARCodec, size: tuple[int, int] = PROBE_SIZE) -> dic
     """MACs per input pixel of each network of ``model``, and of its ``encoder`` and ``decoder`` sides."""
     height, width = size
     generator = torch.Generator().manual_seed(0)
-    side = 3 if isinstance(model, ConditionalResidualCodec) else 0  # x̂_m: a separate input
-    args: list[Tensor] = [torch.rand(1, model.g_a[0].in_channels - side, height, width, generator=generator),
-                          torch.tensor([rate_to_index(0.5)])]
-    if side:
-        args.append(torch.rand(1, side, height, width, generator=generator))
+    args: list[Tensor] = [torch.rand(1, 3, height, width, generator=generator), torch.tensor([rate_to_index(0.5)]),
+                          *machine_side(model, torch.rand(1, 3, height, width, generator=generator))]
     if isinstance(model, FeatureResidualCodec):  # the base latent it refines
         args.append(torch.zeros(1, model.num_slices * model.slice_channels, height // 16, width // 16))
     training = model.training

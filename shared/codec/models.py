@@ -182,8 +182,7 @@ class ConditionalResidualCodec(ChannelARCodec):
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 3, **kwargs: Any) -> None:
         super().__init__(in_channels=in_channels + 3, out_channels=out_channels, **kwargs)
-        widths = kwargs.get("synthesis_widths") or (kwargs.get("width", 48),) * 3
-        self.g_s = ConditionalSynthesis(self.slice_channels * self.num_slices, widths, out_channels)
+        self.g_s = ConditionalSynthesis(self.g_s)
 
     def forward(self, x: Tensor, q: Tensor, x_m: Tensor) -> dict[str, Any]:
         y_hat, likelihoods = self._code_forward(self.g_a(torch.cat([x, x_m], dim=1)), q)

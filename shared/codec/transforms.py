@@ -91,22 +91,24 @@ def entropy_parameters(in_channels: int, slice_channels: int) -> nn.Sequential:
 
 
 class ConditionalSynthesis(nn.Module):
-    """g_s of the conditional residual codec: the PR-ICMH synthesis, with the machine image x̂_m joined in.
+    """g_s of the conditional residual codec: a plain synthesis (``plain``), with the machine image x̂_m joined in.
 
-    ``x̂_d = r + refine([r, x̂_m])`` with ``r = g_s(ŷ_d)`` whose half-resolution features receive
-    ``machine_half(x̂_m)``. The layers of the plain synthesis keep their names (``0`` .. ``2k``), so an explicit PR-ICMH
+    ``x̂_d = r + refine([r, x̂_m])`` with ``r = plain(ŷ_d)`` whose last hidden (half-resolution) features receive
+    ``machine_half(x̂_m)``. The layers of ``plain`` keep their names (``0`` .. ``2k``), so an explicit PR-ICMH
     checkpoint loads into it; ``machine_half`` and the last layer of ``refine`` start at zero, which makes the
     conditional codec start as exactly that PR-ICMH. Every layer is exact (decoder side).
     """
 
-    def __init__(self, latent: int, widths: Sequence[int], out_ch: int, refine_width: int = 24) -> None:
+    def __init__(self, plain: nn.Sequential, refine_width: int = 24) -> None:
         super().__init__()
-        self.layers = len(synthesis_transform(latent, widths, out_ch))
-        for i, layer in enumerate(synthesis_transform(latent, widths, out_ch)):
-            self.add_module(str(i), layer)
-        self.machine_half = exact_conv(3, widths[-1], 5, stride=2)
+        self.layers = len(plain)
+        for name, layer in plain.named_children():
+            self.add_module(name, layer)
+        last = plain[-1]
+        self.machine_half = exact_conv(3, last.in_channels, 5, stride=2)
         self.refine = nn.Sequential(
-            exact_conv(out_ch + 3, refine_width), nn.ReLU(inplace=True), exact_conv(refine_width, out_ch),
+            exact_conv(last.out_channels + 3, refine_width), nn.ReLU(inplace=True),
+            exact_conv(refine_width, last.out_channels),
         )
         for zero in (self.machine_half, self.refine[-1]):
             nn.init.zeros_(zero.weight)
