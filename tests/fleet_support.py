@@ -1,18 +1,15 @@
 """Helpers of the fleet tests (tests/test_index_postgres.py, tests/test_publishers.py, tests/test_replicas.py): the
 real PostgreSQL, Mosquitto and nats-server that .ci/services.sh starts on loopback (``$ICMH_TEST_POSTGRES``,
-``$ICMH_TEST_MQTT``, ``$ICMH_TEST_NATS``), private broker instances a test can stop and start, readers of what the
-brokers got, and cloud processes."""
+``$ICMH_TEST_MQTT``, ``$ICMH_TEST_NATS``), private broker instances a test can stop and start, and cloud processes.
+Readers of what the brokers got: :mod:`icmh.bench.broker_capture`."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,66 +96,6 @@ class BrokerProcess:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
         self.process = None
-
-
-class MqttCollector:
-    """Everything published under ``prefix/#``: a persistent-session QoS 1 subscriber, so messages queued for
-    it while it was cut off by a broker restart still arrive."""
-
-    def __init__(self, url: str, prefix: str) -> None:
-        import paho.mqtt.client as mqtt
-
-        host, port = url.removeprefix("mqtt://").split(":")
-        self.messages: list[tuple[str, bytes, bool]] = []  # topic, payload, retained
-        self.subscribed = threading.Event()
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"collector-{uuid.uuid4().hex[:8]}",
-                                  clean_session=False)
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 2)
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-        assert self.subscribed.wait(10), "the MQTT collector did not subscribe"
-
-    def _on_message(self, _client: object, _userdata: object, message: object) -> None:
-        with self._lock:
-            self.messages.append((message.topic, message.payload, bool(message.retain)))
-
-    def results(self, camera: str) -> list[dict]:
-        with self._lock:
-            return [json.loads(p) for t, p, _ in self.messages if t.endswith(f"/{camera}/detections")]
-
-    def last(self, topic: str) -> bytes | None:
-        with self._lock:
-            found = [p for t, p, _ in self.messages if t == topic]
-        return found[-1] if found else None
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def stream_records(url: str, stream: str) -> list[tuple[dict, str]]:
-    """Every message a JetStream stream holds, in order: (payload JSON, Nats-Msg-Id)."""
-
-    async def read() -> list[tuple[dict, str]]:
-        import nats
-
-        nc = await nats.connect(url)
-        try:
-            js = nc.jetstream()
-            info = await js.stream_info(stream)
-            records = []
-            for seq in range(info.state.first_seq, info.state.last_seq + 1):
-                message = await js.get_msg(stream, seq)
-                records.append((json.loads(message.data), (message.headers or {}).get("Nats-Msg-Id", "")))
-            return records
-        finally:
-            await nc.close()
-
-    return asyncio.run(read())
 
 
 def cloud_process(tmp: Path, port: int, weights: Path, shared_dir: Path, cameras: dict[str, str],

@@ -12,9 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fleet_support import cloud_process, postgres_url, service_url, stream_records  # noqa: F401 - fixture
+from fleet_support import cloud_process, postgres_url, service_url  # noqa: F401 - fixture
 from service_support import edge_settings, frame_ids, free_port, start_edge, wait_for
 
+from icmh.bench.broker_capture import MqttCollector, stream_records
 from icmh.cloud.frame_index import Admission, FrameIndex, FrameState
 from icmh.cloud.index_migrations import LATEST, MIGRATIONS
 from icmh.cloud.results import FrameResult
@@ -151,8 +152,6 @@ def test_cloud_killed_mid_stream_with_postgres_index_publishes_every_frame_once(
     """The cloud runs on a PostgreSQL index and publishes to the JSON Lines file, NATS and MQTT; SIGKILL in the
     middle of the stream and a restart: every frame is in the file and the NATS stream exactly once and reached
     the MQTT broker (QoS 1: at least once), and the index owes nothing."""
-    from fleet_support import MqttCollector
-
     nats_url, mqtt_url = service_url("ICMH_TEST_NATS"), service_url("ICMH_TEST_MQTT")
     run = uuid.uuid4().hex[:8]
     subject, prefix, frames = f"icmh.crash.{run}", f"icmh-crash/{run}", 12

@@ -10,9 +10,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fleet_support import BrokerProcess, MqttCollector, service_url, stream_records
+from fleet_support import BrokerProcess, service_url
 from service_support import edge_settings, frame_ids, start_cloud, start_edge, wait_for
 
+from icmh.bench.broker_capture import MqttCollector, stream_records
 from icmh.bench.delivery import read_jsonl
 from icmh.cloud.frame_index import FrameIndex, FrameState
 from icmh.cloud.jsonl_sink import JsonlSink
@@ -57,8 +58,8 @@ def test_mqtt_results_per_camera_topics_and_retained_status() -> None:
         sent = results("north", 1, 2) + results("south/2", 1)
         assert publisher.publish(sent) == 0 and publisher.name == f"mqtt:{prefix}"
         publisher.publish_status({"north": True, "south/2": False})
-        wait_for(lambda: len(collector.results("north")) == 2 and collector.results("south%2F2"),
-                 what="the results on the broker")
+        wait_for(lambda: len(collector.results("north")) == 2 and collector.results("south%2F2")
+                 and collector.last(f"{prefix}/south%2F2/status"), what="the results and statuses on the broker")
         assert collector.results("north") == [r.to_json() for r in sent[:2]]
         assert collector.results("south%2F2") == [sent[2].to_json()]
         late = MqttCollector(url, prefix)  # a consumer that connects later gets the retained status
@@ -67,7 +68,7 @@ def test_mqtt_results_per_camera_topics_and_retained_status() -> None:
             assert late.last(f"{prefix}/status") == b"online"
             assert json.loads(late.last(f"{prefix}/north/status"))["online"] is True
             assert json.loads(late.last(f"{prefix}/south%2F2/status"))["online"] is False
-            assert all(retained for topic, _, retained in late.messages)  # and no result: those are not retained
+            assert all(m.retained for m in late.messages)  # and no result: those are not retained
         finally:
             late.close()
         publisher.close()

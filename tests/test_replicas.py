@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fleet_support import cloud_process, postgres_url, service_url, stream_records  # noqa: F401 - fixture
+from fleet_support import cloud_process, postgres_url, service_url  # noqa: F401 - fixture
 from service_support import (
     OPERATOR_TOKEN,
     RawEdge,
@@ -31,6 +31,7 @@ from service_support import (
     wait_for,
 )
 
+from icmh.bench.broker_capture import stream_records
 from icmh.bench.delivery import read_jsonl
 from icmh.cloud.auth import CameraRegistry
 from icmh.cloud.frame_index import FrameIndex, FrameState

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -37,32 +38,54 @@ from .base import Publisher, PublishError, payload, topic_token
 log = logging.getLogger("icmh.cloud.mqtt")
 
 
+@dataclass(frozen=True)
+class MqttTarget:
+    """Where an ``mqtt://`` / ``mqtts://`` output URL points (password from ``$ICMH_MQTT_PASSWORD`` if not in it)."""
+
+    host: str
+    port: int
+    prefix: str
+    username: str | None
+    password: str | None
+    tls: bool
+    client_id: str | None
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    """The broker, topic prefix (default ``icmh``) and credentials of an MQTT output URL; ValueError if invalid."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"an MQTT output is mqtt://host[:port]/topic/prefix, not {url}")
+    prefix = parts.path.strip("/") or "icmh"
+    if any(c in prefix for c in "+#") or "//" in prefix:
+        raise ValueError(f"MQTT topic prefix {prefix!r} has a wildcard or an empty level")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else os.environ.get("ICMH_MQTT_PASSWORD")
+    tls = parts.scheme == "mqtts"
+    return MqttTarget(parts.hostname, parts.port or (8883 if tls else 1883), prefix, username,
+                      password if username else None, tls, parse_qs(parts.query).get("client_id", [None])[0])
+
+
 class MqttPublisher(Publisher):
     def __init__(self, url: str, timeout_s: float = 10.0, replica_id: str | None = None) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError as exc:
             raise ValueError("--publish mqtt://... needs paho-mqtt (pip install 'icmh-traffic[fleet]')") from exc
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"an MQTT output is mqtt://host[:port]/topic/prefix, not {url}")
-        self.prefix = parts.path.strip("/") or "icmh"
-        if any(c in self.prefix for c in "+#") or "//" in self.prefix:
-            raise ValueError(f"MQTT topic prefix {self.prefix!r} has a wildcard or an empty level")
+        target = parse_mqtt_url(url)
+        self.prefix = target.prefix
         self.name = f"mqtt:{self.prefix}"
         self.replica_id = replica_id
         self.status_topic = (f"{self.prefix}/status" if replica_id is None
                              else f"{self.prefix}/replicas/{topic_token(replica_id)}/status")
         self.timeout_s = timeout_s
         self._mqtt = mqtt
-        query = parse_qs(parts.query)
-        client_id = query.get("client_id", [f"icmh-cloud-{uuid.uuid4().hex[:12]}"])[0]
+        client_id = target.client_id or f"icmh-cloud-{uuid.uuid4().hex[:12]}"
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
                                    protocol=mqtt.MQTTv311)
-        if parts.username:
-            password = unquote(parts.password) if parts.password else os.environ.get("ICMH_MQTT_PASSWORD")
-            self._client.username_pw_set(unquote(parts.username), password)
-        if parts.scheme == "mqtts":
+        if target.username:
+            self._client.username_pw_set(target.username, target.password)
+        if target.tls:
             self._client.tls_set()
         self._client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self._client.on_connect = self._on_connect
@@ -73,8 +96,7 @@ class MqttPublisher(Publisher):
         self._status_round = -1
         self._lock = threading.Lock()
         self._first_connection = threading.Event()
-        self._client.connect_async(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883),
-                                   keepalive=30)
+        self._client.connect_async(target.host, target.port, keepalive=30)
         self._client.loop_start()  # connects, and reconnects, in paho's network thread
 
     def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import threading
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -33,30 +34,50 @@ log = logging.getLogger("icmh.cloud.nats")
 DEFAULT_DUPLICATE_WINDOW_S = 600.0
 
 
+@dataclass(frozen=True)
+class NatsTarget:
+    """Where a ``nats://`` / ``tls://`` output URL points."""
+
+    server: str  # scheme://host:port
+    subject: str
+    stream: str
+    duplicate_window_s: float
+    user: str | None
+    password: str | None
+
+
+def parse_nats_url(url: str) -> NatsTarget:
+    """The server, subject (default ``icmh.detections``), stream name (default: the subject in capitals, ``.`` ->
+    ``_``), duplicate window and credentials of a NATS output URL; ValueError if invalid."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("nats", "tls") or not parts.hostname:
+        raise ValueError(f"a NATS output is nats://host[:port]/subject, not {url}")
+    subject = parts.path.strip("/").replace("/", ".") or "icmh.detections"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", subject):
+        raise ValueError(f"NATS subject {subject!r}: tokens of letters, digits, - and _ separated by dots")
+    query = parse_qs(parts.query)
+    try:
+        window = float(query.get("duplicate_window", [DEFAULT_DUPLICATE_WINDOW_S])[0])
+    except ValueError:
+        raise ValueError(f"duplicate_window of {url} is not a number of seconds") from None
+    return NatsTarget(f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}", subject,
+                      query.get("stream", [re.sub(r"[^A-Za-z0-9_-]", "_", subject).upper()])[0], window,
+                      unquote(parts.username) if parts.username else None,
+                      unquote(parts.password) if parts.password else None)
+
+
 class NatsPublisher(Publisher):
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
         try:
             import nats  # noqa: F401 - checked here, used in the loop thread
         except ImportError as exc:
             raise ValueError("--publish nats://... needs nats-py (pip install 'icmh-traffic[fleet]')") from exc
-        parts = urlsplit(url)
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ValueError(f"a NATS output is nats://host[:port]/subject, not {url}")
-        self.subject = parts.path.strip("/").replace("/", ".") or "icmh.detections"
-        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", self.subject):
-            raise ValueError(f"NATS subject {self.subject!r}: tokens of letters, digits, - and _ separated by dots")
-        query = parse_qs(parts.query)
-        self.stream = query.get("stream", [re.sub(r"[^A-Za-z0-9_-]", "_", self.subject).upper()])[0]
-        try:
-            self.duplicate_window_s = float(query.get("duplicate_window", [DEFAULT_DUPLICATE_WINDOW_S])[0])
-        except ValueError:
-            raise ValueError(f"duplicate_window of {url} is not a number of seconds") from None
+        target = parse_nats_url(url)
+        self.subject, self.stream, self.duplicate_window_s = target.subject, target.stream, target.duplicate_window_s
         self.name = f"nats:{self.subject}"
         self.timeout_s = timeout_s
         self.guard_s = 10 * timeout_s + 30  # a whole batch in recovery: last-message look-ups, then publishes
-        self._server = f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}"
-        self._user = unquote(parts.username) if parts.username else None
-        self._password = unquote(parts.password) if parts.password else None
+        self._server, self._user, self._password = target.server, target.user, target.password
         self._nc: Any = None
         self._js: Any = None
         self._loop = asyncio.new_event_loop()

@@ -121,7 +121,7 @@ def cmd_scale(args: argparse.Namespace) -> None:
     from .scale import run_scale
 
     for path in run_scale(_stream_options(args), args.cameras, args.seconds, args.edge, args.replicas,
-                          args.postgres):
+                          args.postgres, args.publish):
         print(path)
 
 
@@ -219,6 +219,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     c.add_argument("--postgres", default=os.environ.get("ICMH_BENCH_POSTGRES") or None, metavar="URL",
                    help="PostgreSQL server for the replicas' index, a user that may create databases (default "
                         "$ICMH_BENCH_POSTGRES; without: one cloud on SQLite)")
+    c.add_argument("--publish", action="append", default=[], metavar="URL",
+                   help="running broker the clouds also publish to, as icmh-cloud's --publish (repeatable): "
+                        "mqtt://host:1883/prefix or nats://host:4222/subject; each configuration under its own "
+                        "PREFIX/bench-... or SUBJECT.bench-..., counted at the broker (\"brokers\" in the JSON)")
     c.set_defaults(func=cmd_scale)
 
     g = sub.add_parser("edge", help="edge throughput per camera resolution, base only vs residual policies lazy / "

@@ -21,6 +21,15 @@ the first camera's last capture), capture -> published latency, the clouds' CPU 
 window, in total and per replica, the detected frames/s per core of cloud CPU and, on PostgreSQL, the index
 database's transactions and rows written per detected frame. Each configuration is bounded
 in time (start-up + ``seconds`` + drain); every process is stopped when it ends, also on an error.
+
+Brokers (``publish``: ``--publish`` URLs of running MQTT / NATS servers, as icmh-cloud takes them): every
+configuration publishes under its own ``PREFIX/bench-<N>r-<C>c-<hex>`` / ``SUBJECT.bench-<N>r-<C>c-<hex>`` (its
+own JetStream stream), so configurations never mix (:mod:`~icmh.bench.broker_capture`). An MQTT QoS 1
+persistent-session subscriber on ``PREFIX/#`` runs from before the clouds start; once every frame is detected the
+bench waits (at most ``BROKER_DRAIN_S``) until the brokers hold the detected frames, stops the clouds and reads the
+streams. Reported per URL: messages, distinct (camera, frame), missing (in the JSON Lines files, not at the
+broker), duplicates (extra copies), capture -> broker latency. The streams are deleted and the retained MQTT
+statuses cleared afterwards.
 """
 
 from __future__ import annotations
@@ -35,12 +44,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from icmh.cloud.index_postgres import redact
 from icmh.edge.link import addresses_starting_at
 from icmh.rpc import operator_pb2, operator_pb2_grpc
 from icmh.service.feed import DetectionFeed
 from icmh.service.grpc_setup import open_channel
 from icmh.service.local import LOOPBACK, LocalServices, ServiceProcess
 
+from .broker_capture import BrokerCapture, scoped_url
 from .delivery import Delivery, edge_frames, read_jsonl
 from .procmon import ProcessMonitor
 from .replay_edge import write_clip
@@ -50,6 +61,7 @@ from .streaming import StreamOptions, load_codec, token, wait_detected, workspac
 EDGE_KINDS = ("replay", "node")
 CLIP_FRAMES = 8  # distinct frames the replayed cameras cycle through
 LEASE_S = 10.0  # camera leases of the benchmark's replicas
+BROKER_DRAIN_S = 60.0  # after the last detection: time the clouds get to publish every result to the brokers
 
 
 def start_s(kind: str, cameras: int) -> float:
@@ -87,9 +99,12 @@ def database_activity(server_url: str, database_url: str, frames: int) -> dict:
 
 
 def _start_clouds(services: LocalServices, options: StreamOptions, cameras: list[str], replicas: int,
-                  index_url: str | None, workdir: Path) -> list[tuple[ServiceProcess, int, Path]]:
-    """``replicas`` clouds (one on SQLite without ``index_url``): (process, port, JSON Lines file) each."""
+                  index_url: str | None, workdir: Path,
+                  publish: Sequence[str] = ()) -> list[tuple[ServiceProcess, int, Path]]:
+    """``replicas`` clouds (one on SQLite without ``index_url``), each also publishing to the ``publish`` URLs:
+    (process, port, JSON Lines file) each."""
     clouds = []
+    outputs = [a for url in publish for a in ("--publish", url)]
     for k in range(1, replicas + 1):
         name = f"cloud-r{k}" if index_url else "cloud"
         jsonl = workdir / f"{name}.jsonl"
@@ -97,7 +112,8 @@ def _start_clouds(services: LocalServices, options: StreamOptions, cameras: list
         cloud, port = services.start_cloud({c: token(c) for c in cameras}, options.weights, options.detector,
                                            name=name, detections_jsonl=jsonl, threads=options.threads,
                                            extra=["--detector-imgsz", str(options.detector_imgsz),
-                                                  "--insecure-open-operators", *replica])  # loopback: no tokens
+                                                  "--insecure-open-operators", *replica,  # loopback: no tokens
+                                                  *outputs])
         clouds.append((cloud, port, jsonl))
     return clouds
 
@@ -140,37 +156,56 @@ def steady_window(port: int, cameras: Sequence[str]) -> tuple[int, int] | None:
     return (start, end) if end > start else None
 
 
+def _wait_published(services: LocalServices, brokers: BrokerCapture, files: Sequence[Path], timeout: float) -> bool:
+    """Wait until every broker holds every result the clouds' JSON Lines files hold; False on timeout."""
+
+    def done() -> bool:
+        return brokers.caught_up({(r["camera_id"], r["frame_id"]) for path in files for r in read_jsonl(path)})
+
+    try:
+        services.wait_for(done, timeout, "the brokers to hold every detected frame", poll=0.5)
+        return True
+    except TimeoutError:
+        return False
+
+
 def run_configuration(options: StreamOptions, kind: str, count: int, seconds: float, clip: Path,
-                      workdir: Path, replicas: int = 1, index_url: str | None = None) -> dict:
-    """``replicas`` clouds and ``count`` cameras for ``seconds``; what was delivered and what it cost the clouds."""
+                      workdir: Path, replicas: int = 1, index_url: str | None = None,
+                      publish: Sequence[str] = ()) -> dict:
+    """``replicas`` clouds and ``count`` cameras for ``seconds``; what was delivered (also to the brokers of
+    ``publish``, under this configuration's own prefix / subject) and what it cost the clouds."""
     cameras = [f"cam{i:02d}" for i in range(1, count + 1)]
     frames = max(1, round(seconds * options.fps))
     monitor = ProcessMonitor()
     env = {"ICMH_REPLICA_TOKEN": secrets.token_hex(16)} if index_url else {}
-    with LocalServices(workdir, env) as services:
-        clouds = _start_clouds(services, options, cameras, replicas, index_url, workdir)
-        feed = DetectionFeed(clouds[0][1])  # one operator's feed: a replica relays the others' results
-        try:
-            for cloud, _, _ in clouds:
-                monitor.watch(cloud.name, cloud.pid)
-            addresses = [f"{LOOPBACK}:{port}" for _, port, _ in clouds]
-            targets = {c: addresses_starting_at(c, addresses, addresses[i % replicas]) for i, c in enumerate(cameras)}
-            edges = _launch_edges(services, options, kind, targets, frames, clip)
-            for edge in edges:
-                monitor.watch(edge.name, edge.pid)
-            monitor.start()
-            bound = start_s(kind, count) + frames / options.fps + max(10.0, seconds)
-            complete = wait_detected(services, [j for _, _, j in clouds], dict.fromkeys(cameras, frames), bound)
-            monitor.stop()
-            window = steady_window(clouds[0][1], cameras)
-            services.stop(edges)
-            services.stop([cloud for cloud, _, _ in clouds])
-        finally:
-            feed.close()
-    results = {name: read_jsonl(jsonl) for (name, jsonl) in ((c.name, j) for c, _, j in clouds)}
-    delivery = Delivery({camera: edge_frames(workdir / f"edge-{camera}") for camera in cameras},
-                        [r for rows in results.values() for r in rows],
-                        list(zip(feed.results, feed.arrivals_ns, strict=False)))
+    with BrokerCapture(publish, f"bench-{replicas}r-{count}c-{secrets.token_hex(3)}") as brokers:
+        with LocalServices(workdir, env) as services:
+            clouds = _start_clouds(services, options, cameras, replicas, index_url, workdir, brokers.publish_urls)
+            feed = DetectionFeed(clouds[0][1])  # one operator's feed: a replica relays the others' results
+            try:
+                for cloud, _, _ in clouds:
+                    monitor.watch(cloud.name, cloud.pid)
+                addresses = [f"{LOOPBACK}:{port}" for _, port, _ in clouds]
+                targets = {c: addresses_starting_at(c, addresses, addresses[i % replicas])
+                           for i, c in enumerate(cameras)}
+                edges = _launch_edges(services, options, kind, targets, frames, clip)
+                for edge in edges:
+                    monitor.watch(edge.name, edge.pid)
+                monitor.start()
+                bound = start_s(kind, count) + frames / options.fps + max(10.0, seconds)
+                complete = wait_detected(services, [j for _, _, j in clouds], dict.fromkeys(cameras, frames), bound)
+                monitor.stop()
+                window = steady_window(clouds[0][1], cameras)
+                services.stop(edges)
+                published = _wait_published(services, brokers, [j for _, _, j in clouds], BROKER_DRAIN_S)
+                services.stop([cloud for cloud, _, _ in clouds])
+            finally:
+                feed.close()
+        results = {name: read_jsonl(jsonl) for (name, jsonl) in ((c.name, j) for c, _, j in clouds)}
+        delivery = Delivery({camera: edge_frames(workdir / f"edge-{camera}") for camera in cameras},
+                            [r for rows in results.values() for r in rows],
+                            list(zip(feed.results, feed.arrivals_ns, strict=False)))
+        outputs = brokers.report(delivery.detected_keys(), published) if publish else None
     detected_fps = None
     if window is not None:
         start, end = window
@@ -194,6 +229,7 @@ def run_configuration(options: StreamOptions, kind: str, count: int, seconds: fl
                          "cameras": sorted({r["camera_id"] for r in rows}),
                          **monitor.summary([name], start_ns, end_ns)} for name, rows in results.items()],
         "edges_total": monitor.summary([e.name for e in edges], start_ns, end_ns),
+        "brokers": outputs,
     }
 
 
@@ -226,8 +262,10 @@ def growth(configs: list[dict]) -> dict[str, float | None]:
 
 
 def run_scale(options: StreamOptions, cameras: Sequence[int] = (1, 4, 16), seconds: float = 30.0,
-              edge: str = "replay", replicas: Sequence[int] = (1,), postgres: str | None = None) -> list[Path]:
-    """Every replica count and camera count in turn; returns the JSON and PNG files written."""
+              edge: str = "replay", replicas: Sequence[int] = (1,), postgres: str | None = None,
+              publish: Sequence[str] = ()) -> list[Path]:
+    """Every replica count and camera count in turn (the clouds also publishing to the brokers of ``publish``);
+    returns the JSON and PNG files written."""
     options.check()
     if edge not in EDGE_KINDS:
         raise ValueError(f"--edge must be one of {EDGE_KINDS}, got {edge!r}")
@@ -238,6 +276,8 @@ def run_scale(options: StreamOptions, cameras: Sequence[int] = (1, 4, 16), secon
     if tuple(replicas) != (1,) and not postgres:
         raise ValueError("replicas share a PostgreSQL index: give --postgres postgresql://USER@HOST:PORT/DB "
                          "(or $ICMH_BENCH_POSTGRES), a user that may create databases")
+    for url in publish:
+        scoped_url(url, "bench")  # an MQTT or NATS output URL, before anything starts
     codec, weights = load_codec(options)
     configs = []
     with workspace(options, "scale") as workdir:
@@ -248,21 +288,24 @@ def run_scale(options: StreamOptions, cameras: Sequence[int] = (1, 4, 16), secon
                 folder = workdir / f"{n}-replicas-{count}-cameras"
                 if postgres:
                     with fresh_database(postgres) as index_url:
-                        configs.append(run_configuration(options, edge, count, seconds, clip, folder, n, index_url))
+                        configs.append(run_configuration(options, edge, count, seconds, clip, folder, n, index_url,
+                                                         publish))
                         configs[-1]["index_activity"] = database_activity(postgres, index_url,
                                                                           configs[-1]["frames"]["detected"])
                 else:
-                    configs.append(run_configuration(options, edge, count, seconds, clip, folder))
+                    configs.append(run_configuration(options, edge, count, seconds, clip, folder, publish=publish))
                 c = configs[-1]
+                at = "".join(f", {b['kind']} {b['distinct']} (missing {b['missing']}, duplicates {b['duplicates']})"
+                             for b in (c["brokers"] or {}).values())
                 print(f"[scale] {n} replica(s), {count} cameras: {c['frames']['detected']}/{c['frames']['sent']} "
-                      f"detected, {c['detected_fps']} frames/s, clouds {c['cloud']['cpu_percent_mean']} % CPU")
+                      f"detected, {c['detected_fps']} frames/s, clouds {c['cloud']['cpu_percent_mean']} % CPU{at}")
     by_replicas = {n: [c for c in configs if c["replicas"] == n] for n in replicas}
     payload = {
         "benchmark": "scale",
         "meta": options.metadata(sum(c["frames"]["sent"] for c in configs), weights, {
             "cameras": list(cameras), "replicas": list(replicas), "seconds": seconds, "edge": edge,
             "index": "postgresql" if postgres else "sqlite", "lease_seconds": LEASE_S if postgres else None,
-            "clip_frames": CLIP_FRAMES if edge == "replay" else None}),
+            "clip_frames": CLIP_FRAMES if edge == "replay" else None, "publish": [redact(u) for u in publish]}),
         "protocol": f"per configuration: N cloud-server replicas on {LOOPBACK} ("
                     + ("sharing a fresh PostgreSQL database, " if postgres else "one, fresh SQLite index, ")
                     + f"torch threads {options.threads} each), one "
@@ -270,7 +313,15 @@ def run_scale(options: StreamOptions, cameras: Sequence[int] = (1, 4, 16), secon
                     f"for {seconds:g} s, camera i starting at replica i mod N; detected_fps and resources over the "
                     "steady window (all cameras sending); latency = capture -> arrival on a Detections.Subscribe "
                     "stream of replica 1 (which relays the other replicas' results); CPU in % of one core, summed "
-                    "over the replicas",
+                    "over the replicas"
+                    + ("; brokers: each configuration publishes to its own MQTT topic prefix PREFIX/bench-<N>r-<C>c-"
+                       "<hex> and NATS subject SUBJECT.bench-<N>r-<C>c-<hex> (its own JetStream stream, deleted "
+                       "afterwards); an MQTT QoS 1 persistent-session subscriber on PREFIX/# from before the clouds "
+                       f"start; after the last detection the bench waits up to {BROKER_DRAIN_S:g} s for the brokers "
+                       "to hold every detected frame, stops the clouds, then reads the streams; missing = in the "
+                       "JSON Lines files but not at the broker, duplicates = extra copies of a (camera, frame); "
+                       "capture_to_broker_ms = capture -> arrival at the MQTT subscriber / JetStream's storage time"
+                       if publish else ""),
         "configurations": configs,
         "growth": growth(by_replicas[replicas[0]]) if len(replicas) == 1 else None,
         "growth_per_replicas": {str(n): growth(group) for n, group in by_replicas.items()},
