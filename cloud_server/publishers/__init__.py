@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from .base import Publisher, PublishError, payload, topic_token
 
-SCHEMES = ("mqtt://", "mqtts://", "nats://", "tls://")
+KINDS = {"mqtt": ("mqtt://", "mqtts://"), "nats": ("nats://", "tls://")}  # broker kind -> URL schemes
+SCHEMES = tuple(scheme for schemes in KINDS.values() for scheme in schemes)
 
-__all__ = ["Publisher", "PublishError", "open_publisher", "payload", "topic_token", "SCHEMES"]
+__all__ = ["Publisher", "PublishError", "open_publisher", "output_kind", "payload", "topic_token", "SCHEMES"]
+
+
+def output_kind(url: str) -> str:
+    """``mqtt`` or ``nats``: the broker of a ``--publish`` URL; ValueError for any other output."""
+    for kind, schemes in KINDS.items():
+        if url.startswith(schemes):
+            return kind
+    raise ValueError(f"unknown output {url!r}: use mqtt://host:1883/topic/prefix or nats://host:4222/subject")
 
 
 def open_publisher(url: str, timeout_s: float = 10.0, replica_id: str | None = None) -> Publisher:
@@ -14,12 +23,10 @@ def open_publisher(url: str, timeout_s: float = 10.0, replica_id: str | None = N
     (``replica_id``: the publishing cloud server is that replica of a fleet).
 
     Connecting happens in the background: a broker that is down at start is an outage, not an error."""
-    if url.startswith(("mqtt://", "mqtts://")):
+    if output_kind(url) == "mqtt":
         from .mqtt_publisher import MqttPublisher
 
         return MqttPublisher(url, timeout_s, replica_id)
-    if url.startswith(("nats://", "tls://")):
-        from .nats_publisher import NatsPublisher
+    from .nats_publisher import NatsPublisher
 
-        return NatsPublisher(url, timeout_s)
-    raise ValueError(f"unknown output {url!r}: use mqtt://host:1883/topic/prefix or nats://host:4222/subject")
+    return NatsPublisher(url, timeout_s)

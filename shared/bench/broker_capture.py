@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from icmh.cloud.index_postgres import redact
+from icmh.cloud.publishers import output_kind
 from icmh.cloud.publishers.mqtt_publisher import parse_mqtt_url
 from icmh.cloud.publishers.nats_publisher import parse_nats_url
 
@@ -192,21 +193,22 @@ def delete_stream(url: str, stream: str) -> bool:
 def scoped_url(url: str, token: str) -> str:
     """``url`` with ``token`` appended to its topic prefix (``PREFIX/TOKEN``) or subject (``SUBJECT.TOKEN``; an
     explicit ``stream=NAME`` becomes ``NAME_TOKEN``). ValueError for a URL that is no MQTT or NATS output."""
-    parts = urlsplit(url)
-    if parts.scheme in ("mqtt", "mqtts"):
+    kind, parts = output_kind(url), urlsplit(url)
+    if kind == "mqtt":
         path = f"/{parse_mqtt_url(url).prefix}/{token}"
         query = parts.query
-    elif parts.scheme in ("nats", "tls"):
+    else:
         path = f"/{parse_nats_url(url).subject}.{token}"
         fields = parse_qs(parts.query)
         if "stream" in fields:
             fields["stream"] = [f"{fields['stream'][0]}_{token}"]
         query = urlencode(fields, doseq=True)
-    else:
-        raise ValueError(f"unknown output {url!r}: use mqtt://host:1883/topic/prefix or nats://host:4222/subject")
     scoped = urlunsplit(parts._replace(path=path, query=query))
-    (parse_mqtt_url if parts.scheme.startswith("mqtt") else parse_nats_url)(scoped)  # a valid level / token
+    _PARSERS[kind](scoped)  # a valid level / token
     return scoped
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {"mqtt": parse_mqtt_url, "nats": parse_nats_url}
 
 
 def _repeats(keys: Iterable[Key]) -> int:
@@ -217,6 +219,7 @@ def _repeats(keys: Iterable[Key]) -> int:
 class _Output:
     given: str  # the URL as given
     url: str  # scoped: what the clouds publish to
+    kind: str  # mqtt / nats (icmh.cloud.publishers.output_kind)
     collector: MqttCollector | None = None  # MQTT
     stream: str | None = None  # NATS
 
@@ -230,8 +233,9 @@ class BrokerCapture:
         self.outputs: list[_Output] = []
         try:
             for given in urls:
-                output = _Output(given, scoped_url(given, token))
-                if output.url.startswith("mqtt"):
+                url = scoped_url(given, token)
+                output = _Output(given, url, output_kind(url))
+                if output.kind == "mqtt":
                     output.collector = MqttCollector(output.url)
                 else:
                     output.stream = parse_nats_url(output.url).stream
@@ -280,10 +284,10 @@ class BrokerCapture:
         for output in self.outputs:
             received = self._received(output)
             keys = [(r["camera_id"], r["frame_id"]) for r, _ in received]
-            target = {"topic_prefix": parse_mqtt_url(output.url).prefix} if output.collector is not None else {
+            target = {"topic_prefix": parse_mqtt_url(output.url).prefix} if output.kind == "mqtt" else {
                 "subject": parse_nats_url(output.url).subject, "stream": output.stream}
             out[redact(output.given)] = {
-                "kind": "mqtt" if output.collector is not None else "nats", **target,
+                "kind": output.kind, **target,
                 "messages": len(keys), "distinct": len(set(keys)), "missing": len(detected - set(keys)),
                 "unexpected": len(set(keys) - detected), "duplicates": _repeats(keys),
                 "caught_up_in_time": in_time,
