@@ -57,21 +57,24 @@ def photo() -> np.ndarray:
     return synthetic_photo()  # odd size on purpose
 
 
-def conditional_codec(tiny_weights: Path) -> ScalableCodec:
-    """The tiny base with a conditional PR residual codec whose x̂_m branches are not zero (as after training)."""
+def conditional_codec(tiny_weights: Path, architecture: str = "pr-icmh-c-tiny") -> ScalableCodec:
+    """The tiny base with a conditional PR residual codec whose x̂_m (and ŷ_m) branches are not zero (as after
+    training)."""
     base = ScalableCodec.from_weights(tiny_weights, mode="pr").base
     torch.manual_seed(4)
-    model = build_model("pr-icmh-c-tiny")
+    model = build_model(architecture)
     for layer in (model.g_s.machine_half, model.g_s.refine[-1]):
         torch.nn.init.normal_(layer.weight, std=0.05)
     model.update(force=True)
-    return ScalableCodec(base, prepare(model, "pr-icmh-c-tiny"), mode="pr")
+    return ScalableCodec(base, prepare(model, architecture), mode="pr")
 
 
-@pytest.fixture(scope="module", params=["pr", "fr", "pr-conditional"])
+@pytest.fixture(scope="module", params=["pr", "fr", "pr-conditional", "pr-conditional-entropy"])
 def codec(request: pytest.FixtureRequest, tiny_weights: Path) -> ScalableCodec:
     if request.param == "pr-conditional":
         return conditional_codec(tiny_weights)
+    if request.param == "pr-conditional-entropy":
+        return conditional_codec(tiny_weights, "pr-icmh-ce-tiny")
     return ScalableCodec.from_weights(tiny_weights, mode=request.param)
 
 

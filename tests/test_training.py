@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from icmh.codec import ScalableCodec
+from icmh.codec.exact import exact_arithmetic
 from icmh.codec.weights import export_weights
 from icmh.splits import check_training_path, video_frames
 from icmh.training.data import load_detection_monitor_set, load_training_set
@@ -254,3 +255,37 @@ def test_conditional_codec_warm_started_from_explicit_pr_decodes_the_same_pixels
         a = explicit.decompress(strings["strings"], shape, q)["x_hat"]
         b = conditional.decompress(strings["strings"], shape, q, x_m)["x_hat"]
     assert torch.equal(a, b)
+
+
+def test_conditional_entropy_codec_warm_started_from_conditional_pr_codes_like_it(tmp_path: Path) -> None:
+    """--init-from a pr-icmh-c checkpoint: pr-icmh-ce starts as that codec (the ŷ_m inputs of its entropy networks
+    at zero: the same pixels and likelihoods whatever ŷ_m is, up to float rounding); once those inputs are not
+    zero, ŷ_m changes the entropy parameters, so the strings depend on it."""
+    from icmh.codec.models import build_model
+
+    torch.manual_seed(3)
+    conditional = build_model("pr-icmh-c-tiny")
+    torch.save({"model": conditional.state_dict()}, tmp_path / "conditional.pt")
+    entropy = build_model("pr-icmh-ce-tiny")
+    assert warm_start(entropy, tmp_path / "conditional.pt") > 0
+    first = entropy.latent_codec.latent_codec["y"].latent_codec["y0"].entropy_parameters[0].weight
+    side = conditional.latent_codec.latent_codec["y"].latent_codec["y0"].entropy_parameters[0].weight.shape[1]
+    assert first.shape[1] > side and not first[:, side:].any()
+    for model in (conditional, entropy):
+        model.eval()
+        model.update(force=True)
+    x_d, x_m, q = torch.rand(1, 3, 64, 64) - 0.5, torch.rand(1, 3, 64, 64), torch.tensor([100])
+    ym_hat = torch.randn(1, entropy.machine_latent, 4, 4) * 4
+    with torch.no_grad(), exact_arithmetic(False):
+        a, b = conditional(x_d, q, x_m), entropy(x_d, q, x_m, ym_hat)
+    torch.testing.assert_close(a["x_hat"], b["x_hat"])
+    for name in ("y", "z"):
+        torch.testing.assert_close(a["likelihoods"][name], b["likelihoods"][name])
+    with torch.no_grad():
+        torch.nn.init.normal_(first, std=0.5)
+        entropy.update(force=True)
+        coded = entropy.compress(x_d, q, x_m, ym_hat)
+        other = entropy.compress(x_d, q, x_m, -ym_hat)["strings"]
+        decoded = entropy.decompress(coded["strings"], coded["shape"], q, x_m, ym_hat)
+    assert coded["strings"] != other
+    assert torch.equal(decoded["y_hat"], coded["y_hat"])

@@ -30,11 +30,12 @@ COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, GDN)
 #: network -> the module-path component that names it in a ChannelARCodec
 NETWORKS = {
     "analysis": "g_a", "hyper_analysis": "h_a", "hyper_synthesis": "h_s",
-    "slice_context": "channel_context", "entropy_parameters": "entropy_parameters", "synthesis": "g_s",
+    "slice_context": "channel_context", "entropy_parameters": "entropy_parameters",
+    "machine_context": "machine_context", "synthesis": "g_s",
 }
 #: networks each side runs: the encoder needs the side parameters and slice contexts to code the slices
-ENCODER = ("analysis", "hyper_analysis", "hyper_synthesis", "slice_context", "entropy_parameters")
-DECODER = ("hyper_synthesis", "slice_context", "entropy_parameters", "synthesis")
+ENCODER = ("analysis", "hyper_analysis", "hyper_synthesis", "slice_context", "entropy_parameters", "machine_context")
+DECODER = ("hyper_synthesis", "slice_context", "entropy_parameters", "machine_context", "synthesis")
 PROBE_SIZE = (128, 128)
 
 
@@ -84,8 +85,9 @@ def model_macs(model: ChannelARCodec, size: tuple[int, int] = PROBE_SIZE) -> dic
     """MACs per input pixel of each network of ``model``, and of its ``encoder`` and ``decoder`` sides."""
     height, width = size
     generator = torch.Generator().manual_seed(0)
+    base_latent = torch.zeros(1, model.machine_latent, height // 16, width // 16)  # ŷ_m (conditional entropy)
     args: list[Tensor] = [torch.rand(1, 3, height, width, generator=generator), torch.tensor([rate_to_index(0.5)]),
-                          *machine_side(model, torch.rand(1, 3, height, width, generator=generator))]
+                          *machine_side(model, torch.rand(1, 3, height, width, generator=generator), base_latent)]
     if isinstance(model, FeatureResidualCodec):  # the base latent it refines
         args.append(torch.zeros(1, model.num_slices * model.slice_channels, height // 16, width // 16))
     training = model.training

@@ -149,7 +149,7 @@ class ScalableCodec:
             with exact_arithmetic(True):
                 if self.mode == "pr":
                     x_m = base.machine.clamp(0.0, 1.0)
-                    out = model.compress(x - x_m, q, *machine_side(model, x_m))
+                    out = model.compress(x - x_m, q, *machine_side(model, x_m, base.y_hat))
                 else:
                     out = model.compress(x, q, base.y_hat)
             strings = [s[0] for s in out["strings"]]
@@ -264,7 +264,8 @@ class ScalableCodec:
         with exact_arithmetic(True):
             if self.mode == "pr":
                 x_m = machine.clamp(0.0, 1.0)
-                x_hat = x_m + model.decompress([[s] for s in strings], shape, q, *machine_side(model, x_m))["x_hat"]
+                side = machine_side(model, x_m, y_hat)
+                x_hat = x_m + model.decompress([[s] for s in strings], shape, q, *side)["x_hat"]
             else:
                 x_hat = model.decompress([[s] for s in strings], shape, q, y_hat)["x_hat"]
         return tensor_to_image(x_hat, header.height, header.width)

@@ -9,6 +9,7 @@
 * ``ConditionalResidualCodec``: PR-ICMH whose encoder and synthesis also see x̂_m (an option beyond the
   paper: conditional rather than explicit residual coding, x̂ = x̂_m + g_s(ŷ_d, x̂_m)); the entropy model
   is PR-ICMH's, so what the decoder must reproduce bit for bit is unchanged.
+* ``ConditionalEntropyResidualCodec``: the conditional codec whose entropy model also sees the base latent ŷ_m.
 * ``FeatureResidualCodec``: FR-ICMH (Tatsumi et al., Sec. III-B). Its analysis
   transform gives ``y``; the first ``coded_slices`` slices of ``ya = y - ŷm``
   are coded (Eq. (2)); the decoder fuses ``ŷ_k = ŷm_k + ŷa_k`` for k <= N_a and
@@ -43,6 +44,7 @@ from .transforms import (
     entropy_parameters,
     hyper_analysis,
     hyper_synthesis,
+    machine_context,
     synthesis_transform,
 )
 
@@ -85,6 +87,45 @@ class SliceLatentCodec(ChannelGroupsLatentCodec):
         return {"y_hat": y_hat}
 
 
+class ConditionedHyperpriorLatentCodec(HyperpriorLatentCodec):
+    """CompressAI's hyperprior latent codec whose slice entropy models may also see a ``condition``.
+
+    The condition (features the decoder already has, at the latent's resolution) is appended to the
+    hyper-synthesis output, so every slice's entropy parameters receive ``[channel context, h_s(ẑ), condition]``.
+    Without a condition it is CompressAI's codec.
+    """
+
+    @staticmethod
+    def _params(hyper_params: Tensor, condition: Tensor | None) -> Tensor:
+        return hyper_params if condition is None else torch.cat([hyper_params, condition], dim=1)
+
+    def forward(self, y: Tensor, condition: Tensor | None = None) -> dict[str, Any]:
+        hyper_out = self.latent_codec["hyper"](y)
+        y_out = self.latent_codec["y"](y, self._params(hyper_out["params"], condition))
+        return {
+            "likelihoods": {"y": y_out["likelihoods"]["y"], "z": hyper_out["likelihoods"]["z"]},
+            "y_hat": y_out["y_hat"],
+        }
+
+    def compress(self, y: Tensor, condition: Tensor | None = None) -> dict[str, Any]:
+        hyper_out = self.latent_codec["hyper"].compress(y)
+        y_out = self.latent_codec["y"].compress(y, self._params(hyper_out["params"], condition))
+        [z_strings] = hyper_out["strings"]
+        return {
+            "strings": [*y_out["strings"], z_strings],
+            "shape": {"y": y_out["shape"], "hyper": hyper_out["shape"]},
+            "y_hat": y_out["y_hat"],
+        }
+
+    def decompress(
+        self, strings: list[list[bytes]], shape: dict[str, Any], condition: Tensor | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        *y_strings, z_strings = strings
+        hyper_out = self.latent_codec["hyper"].decompress([z_strings], shape["hyper"])
+        y_out = self.latent_codec["y"].decompress(y_strings, shape["y"], self._params(hyper_out["params"], condition))
+        return {"y_hat": y_out["y_hat"]}
+
+
 class ChannelARCodec(CompressionModel):
     """Transforms + gain + hyperprior/channel-wise AR latent codec (Minnen & Singh 2020)."""
 
@@ -104,6 +145,7 @@ class ChannelARCodec(CompressionModel):
         side: int = 128,
         context: int = 64,
         levels: int = 6,
+        machine_latent: int = 0,
     ) -> None:
         super().__init__()
         coded = coded_slices or num_slices
@@ -117,6 +159,11 @@ class ChannelARCodec(CompressionModel):
         self.g_a = analysis_transform(in_channels, analysis_widths or (width,) * 3, self.coded_channels, gdn)
         self.g_s = synthesis_transform(latent, synthesis_widths or (width,) * 3, out_channels)
         self.gain = GainUnit(self.coded_channels, levels)
+        # the residual codecs' entropy model may see the base latent ŷ_m (machine_latent channels) as well
+        self.machine_latent = machine_latent
+        extra = context if machine_latent else 0
+        if machine_latent:
+            self.machine_context = machine_context(machine_latent, context)
         hyper_codec = HyperLatentCodec(
             EntropyBottleneck(hyper),
             hyper_analysis(self.coded_channels, hyper),
@@ -127,26 +174,33 @@ class ChannelARCodec(CompressionModel):
             channel_context={f"y{k}": channel_context(k * s, context) for k in range(1, coded)},
             latent_codec={
                 f"y{k}": SliceGaussianCodec(
-                    entropy_parameters=entropy_parameters(side + (context if k else 0), s),
+                    entropy_parameters=entropy_parameters(side + (context if k else 0), s, extra),
                     quantizer="ste",
                 )
                 for k in range(coded)
             },
         )
-        self.latent_codec = HyperpriorLatentCodec(latent_codec={"hyper": hyper_codec, "y": slices})
+        self.latent_codec = ConditionedHyperpriorLatentCodec(latent_codec={"hyper": hyper_codec, "y": slices})
 
     # -- coding of the (gained) latent -------------------------------------------------
-    def _code_forward(self, y: Tensor, q: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.latent_codec(self.gain.scale(y, q))
+    def _condition(self, ym_hat: Tensor | None) -> Tensor | None:
+        return None if ym_hat is None else self.machine_context(ym_hat)
+
+    def _code_forward(
+        self, y: Tensor, q: Tensor, ym_hat: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.latent_codec(self.gain.scale(y, q), self._condition(ym_hat))
         return self.gain.unscale(out["y_hat"], q), out["likelihoods"]
 
-    def _code_compress(self, y: Tensor, q: Tensor) -> dict[str, Any]:
-        out = self.latent_codec.compress(self.gain.scale(y, q))
+    def _code_compress(self, y: Tensor, q: Tensor, ym_hat: Tensor | None = None) -> dict[str, Any]:
+        out = self.latent_codec.compress(self.gain.scale(y, q), self._condition(ym_hat))
         out["y_hat"] = self.gain.unscale(out["y_hat"], q)
         return out
 
-    def decompress_latent(self, strings: list[list[bytes]], shape: dict, q: Tensor) -> Tensor:
-        y_hat = self.latent_codec.decompress(strings, shape)["y_hat"]
+    def decompress_latent(
+        self, strings: list[list[bytes]], shape: dict, q: Tensor, ym_hat: Tensor | None = None
+    ) -> Tensor:
+        y_hat = self.latent_codec.decompress(strings, shape, self._condition(ym_hat))["y_hat"]
         return self.gain.unscale(y_hat, q)
 
     def decoder_shape(self, height: int, width: int) -> dict[str, Any]:
@@ -197,8 +251,34 @@ class ConditionalResidualCodec(ChannelARCodec):
         return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat}
 
 
-def machine_side(model: ChannelARCodec, x_m: Tensor) -> tuple[Tensor, ...]:
-    """What a PR residual model takes besides its input and rate: x̂_m for the conditional codec, else nothing."""
+class ConditionalEntropyResidualCodec(ConditionalResidualCodec):
+    """:class:`ConditionalResidualCodec` whose entropy model also sees the decoded base latent ŷ_m.
+
+    Conditional coding in full (encoder, synthesis and entropy model see the base layer, as in conditional video
+    coding, e.g. Li et al., DCVC, NeurIPS 2021): the residual's scales and means per slice come from
+    ``[channel context, h_s(ẑ_d), c(ŷ_m)]``; ``c`` is a small exact network at 1/16 resolution. Warm-started
+    from ``pr-icmh-c``, the new inputs of the entropy networks start at zero: it starts as exactly that codec.
+    """
+
+    def forward(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor) -> dict[str, Any]:
+        y_hat, likelihoods = self._code_forward(self.g_a(torch.cat([x, x_m], dim=1)), q, ym_hat)
+        return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat, "likelihoods": likelihoods}
+
+    def compress(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor) -> dict[str, Any]:
+        out = self._code_compress(self.g_a(torch.cat([x, x_m], dim=1)), q, ym_hat)
+        return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
+
+    def decompress(
+        self, strings: list[list[bytes]], shape: dict, q: Tensor, x_m: Tensor, ym_hat: Tensor
+    ) -> dict[str, Any]:
+        y_hat = self.decompress_latent(strings, shape, q, ym_hat)
+        return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat}
+
+
+def machine_side(model: ChannelARCodec, x_m: Tensor, ym_hat: Tensor) -> tuple[Tensor, ...]:
+    """What a PR residual model takes besides its input and rate: x̂_m (and ŷ_m) for the conditional codecs."""
+    if isinstance(model, ConditionalEntropyResidualCodec):
+        return (x_m, ym_hat)
     return (x_m,) if isinstance(model, ConditionalResidualCodec) else ()
 
 
@@ -246,6 +326,8 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     # pr-icmh-l with x̂_m at the encoder and in the synthesis (conditional residual coding, session 6);
     # starts as exactly pr-icmh-l when warm-started from it (icmh train --init-from)
     "pr-icmh-c": (ConditionalResidualCodec, MODEL_DEFAULTS_PR_L),
+    # pr-icmh-c whose entropy model also sees the base latent ŷ_m (session 8); starts as exactly pr-icmh-c
+    "pr-icmh-ce": (ConditionalEntropyResidualCodec, {**MODEL_DEFAULTS_PR_L, "machine_latent": 160}),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # single-layer reference: same architecture as the base, plain MSE
@@ -255,6 +337,10 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     "pr-icmh-tiny": (ImageCodec, {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8}),
     "pr-icmh-c-tiny": (
         ConditionalResidualCodec, {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8},
+    ),
+    "pr-icmh-ce-tiny": (
+        ConditionalEntropyResidualCodec,
+        {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8, "machine_latent": 40},
     ),
     "fr-icmh-tiny": (
         FeatureResidualCodec,

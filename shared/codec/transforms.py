@@ -80,11 +80,23 @@ def channel_context(prev_channels: int, width: int) -> nn.Sequential:
     )
 
 
-def entropy_parameters(in_channels: int, slice_channels: int) -> nn.Sequential:
-    """1x1 network giving (scales, means) of one slice from its context."""
+def machine_context(latent: int, width: int) -> nn.Sequential:
+    """Features of the decoded base latent ŷ_m (1/16 resolution) for the residual's entropy model (exact)."""
+    return nn.Sequential(
+        exact_conv(latent, width), nn.ReLU(inplace=True),
+        exact_conv(width, width),
+    )
+
+
+def entropy_parameters(in_channels: int, slice_channels: int, extra_channels: int = 0) -> nn.Sequential:
+    """1x1 network giving (scales, means) of one slice from its context.
+
+    ``extra_channels`` more inputs (the machine context) widen only the first layer, appended after the others:
+    a codec warm-started from one without them keeps every weight's shape but that one's input width.
+    """
     hidden = max(2 * slice_channels, in_channels // 2)
     return nn.Sequential(
-        exact_conv(in_channels, hidden, 1), nn.ReLU(inplace=True),
+        exact_conv(in_channels + extra_channels, hidden, 1), nn.ReLU(inplace=True),
         exact_conv(hidden, hidden, 1), nn.ReLU(inplace=True),
         exact_conv(hidden, 2 * slice_channels, 1),
     )

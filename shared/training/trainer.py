@@ -206,7 +206,7 @@ class Trainer:
             if kind == "pr":
                 x_m = base["x_hat"].clamp(0, 1)
                 x_d = x - x_m
-                out = self.model(x_d, q, *machine_side(self.model, x_m))
+                out = self.model(x_d, q, *machine_side(self.model, x_m, base["y_hat"]))
                 mse = (out["x_hat"] - x_d).pow(2).flatten(1).mean(1)
             else:
                 assert isinstance(self.model, FeatureResidualCodec)
