@@ -20,7 +20,7 @@ from icmh.splits import check_training_path, video_frames
 from icmh.training.data import load_detection_monitor_set, load_training_set
 from icmh.training.detector_features import DetectorFeatureLoss
 from icmh.training.masks import SamBoundaries, boxes_to_mask, edge_mask
-from icmh.training.trainer import WARMUP_STEPS, TrainConfig, Trainer, accuracy_at, warm_start
+from icmh.training.trainer import MAX_FAILED_STEPS, WARMUP_STEPS, TrainConfig, Trainer, accuracy_at, warm_start
 
 
 def tiny_sam():
@@ -213,6 +213,26 @@ def test_a_stale_aux_gradient_does_not_shrink_the_rate_distortion_step(tmp_path:
             assert torch.equal(a, b), name
             moved += 1
     assert moved > 10
+
+
+def test_a_non_finite_batch_leaves_weights_and_moments_untouched(tmp_path: Path) -> None:
+    """A NaN in one batch skips that update (weights and Adam state as before); a good batch then trains; a run
+    failing MAX_FAILED_STEPS times in a row stops with a clear error instead of training on NaN."""
+    cfg = TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny", threads=1, lr=1e-3)
+    trainer = Trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    bad = torch.rand(2, 3, 64, 64)
+    bad[0, 0, 5, 5] = float("nan")
+    trainer.train_step(bad, None, torch.tensor([1, 2]))
+    assert trainer.skipped_steps == 1 and trainer.step == 0 and not trainer.opt.state_dict()["state"]
+    for name, value in trainer.model.named_parameters():
+        assert torch.equal(value, before[name]), name
+    trainer.train_step(torch.rand(2, 3, 64, 64), None, torch.tensor([1, 2]))
+    assert trainer.step == 1 and trainer.failed_in_a_row == 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    with pytest.raises(ValueError, match="non-finite"):
+        for _ in range(MAX_FAILED_STEPS):
+            trainer.train_step(bad, None, torch.tensor([1, 2]))
 
 
 def test_resuming_an_older_checkpoint_resets_adam_and_warms_up(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,6 +39,7 @@ from .masks import cached_masks
 
 GRADIENTS = "rd-clip-v2"  # what the Adam moments in a checkpoint were computed from (see train_step)
 WARMUP_STEPS = 500
+MAX_FAILED_STEPS = 20  # consecutive non-finite steps before a run stops
 MONITOR_RATES = (0.0, 0.3, 0.6)
 MONITOR_BPP = (0.1, 0.2)  # the score is the fidelity interpolated at these rates (bits per pixel)
 
@@ -104,6 +106,8 @@ class Trainer:
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.aux_opt = torch.optim.Adam(aux, lr=1e-3)
         self.step = 0
+        self.skipped_steps = 0  # updates skipped for a non-finite loss or gradient (this process)
+        self.failed_in_a_row = 0
         self.elapsed = 0.0
         self.warmup_until = 0  # lr ramps up linearly until this step (after a reset of the Adam moments)
         self.ckpt = cfg.out_dir / "last.pt"
@@ -260,7 +264,20 @@ class Trainer:
         self.aux_opt.zero_grad(set_to_none=True)
         out = self.losses(x, mask, q)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        if not (torch.isfinite(out["loss"]) and torch.isfinite(norm)):
+            # one non-finite batch must not poison the weights and the Adam moments (a pr-icmh-ce run lost its
+            # weights to NaN at step ~8,900 this way): skip its update; a run that keeps failing stops
+            self.skipped_steps += 1
+            self.failed_in_a_row += 1
+            if self.failed_in_a_row >= MAX_FAILED_STEPS:
+                raise ValueError(f"{MAX_FAILED_STEPS} steps in a row had a non-finite loss or gradient "
+                                 f"(step {self.step}): lower --lr or resume from an earlier checkpoint")
+            self.opt.zero_grad(set_to_none=True)
+            print(f"step {self.step}: non-finite loss or gradient, update skipped "
+                  f"({self.skipped_steps} so far)", file=sys.stderr)
+            return out, torch.zeros(())
+        self.failed_in_a_row = 0
         self.opt.step()
         aux = self.model.aux_loss()
         aux.backward()
@@ -296,6 +313,8 @@ class Trainer:
                 q = torch.randint(0, RATE_STEPS + 1, (cfg.batch,))
                 out, aux = self.train_step(x, mask, q)
                 self.elapsed += time.monotonic() - t0
+                if self.failed_in_a_row:  # update skipped (non-finite): no step to log, validate or save
+                    continue
                 bar.update(1)
                 if self.step % 50 == 0:
                     psnr = -10 * math.log10(max(out["mse"].item(), 1e-10))
