@@ -315,3 +315,21 @@ def test_conditional_residual_uses_the_machine_image_and_decodes_alike_with_both
         y = torch.zeros(1, 24, 4, 4)
         x_m = torch.rand(1, 3, 64, 64)
         assert not torch.equal(model.g_s(y, x_m), model.g_s(y, x_m.flip(-1)))
+
+
+def test_table_index_gaussian_conditional_gives_compressais_indexes() -> None:
+    """The binary-search scale indexes equal CompressAI's loop over the table, also on and next to its entries."""
+    from compressai.entropy_models import GaussianConditional
+    from compressai.models.google import get_scale_table
+
+    from icmh.codec.models import TableIndexGaussianConditional
+
+    reference, fast = GaussianConditional(None), TableIndexGaussianConditional(None)
+    for model in (reference, fast):
+        model.update_scale_table(get_scale_table())
+    table = reference.scale_table
+    scales = torch.cat([torch.rand(20000) * 40, table, table.nextafter(table - 1), table.nextafter(table + 1),
+                        torch.tensor([0.0, -3.0, 1e9, 7.0])]).view(2, 1, -1, 1)
+    indexes = fast.build_indexes(scales)
+    assert torch.equal(indexes, reference.build_indexes(scales)) and indexes.dtype == torch.int32
+    assert set(indexes.unique().tolist()) == set(range(len(table)))

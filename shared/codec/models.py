@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from compressai.entropy_models import EntropyBottleneck
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.latent_codecs import (
     ChannelGroupsLatentCodec,
     GaussianConditionalLatentCodec,
@@ -52,12 +52,30 @@ from .transforms import (
 ALIGNMENT = 64
 
 
+class TableIndexGaussianConditional(GaussianConditional):
+    """CompressAI's Gaussian conditional whose scale-table indexes come from one binary search per value.
+
+    ``build_indexes`` of CompressAI 1.2.8 subtracts ``scales <= s`` for each of the 63 table entries (63 passes
+    over the tensor, ~15 % of a base encode at 1280x720); the number of entries of ``scale_table[:-1]`` below a
+    scale is the same integer (``torch.searchsorted``, left side), so the strings do not change.
+    """
+
+    def build_indexes(self, scales: Tensor) -> Tensor:
+        scales = self.lower_bound_scale(scales)
+        table = self.scale_table[:-1].to(scales.dtype).contiguous()
+        return torch.searchsorted(table, scales.contiguous()).int()
+
+
 class SliceGaussianCodec(GaussianConditionalLatentCodec):
     """Gaussian conditional slice codec whose encoder does not range-decode its own output.
 
     CompressAI's version decodes the strings it just wrote to get ``ŷ``; ``round(y - μ) + μ``
-    is the same tensor, bit for bit, without the second pass through the range coder.
+    is the same tensor, bit for bit, without the second pass through the range coder. Its scale
+    indexes come from :class:`TableIndexGaussianConditional`.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(gaussian_conditional=TableIndexGaussianConditional(None), **kwargs)
 
     def compress(self, y: Tensor, ctx_params: Tensor) -> dict[str, Any]:
         scales_hat, means_hat = self._chunk(self.entropy_parameters(ctx_params))
