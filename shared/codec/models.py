@@ -7,9 +7,8 @@
   ``x_d = x - x̂_m`` it is the PR-ICMH human layer (Tatsumi et al., Sec. III-C,
   Eq. (6)); trained with plain MSE it is the single-layer reference.
 * ``ConditionalResidualCodec``: PR-ICMH whose encoder and synthesis also see x̂_m (an option beyond the
-  paper: conditional rather than explicit residual coding, x̂ = x̂_m + g_s(ŷ_d, x̂_m)); the entropy model
-  is PR-ICMH's, so what the decoder must reproduce bit for bit is unchanged.
-* ``ConditionalEntropyResidualCodec``: the conditional codec whose entropy model also sees the base latent ŷ_m.
+  paper: conditional rather than explicit residual coding, x̂ = x̂_m + g_s(ŷ_d, x̂_m)); its entropy model
+  is PR-ICMH's (``pr-icmh-c``) or also sees the base latent ŷ_m (``machine_latent``, ``pr-icmh-ce``).
 * ``FeatureResidualCodec``: FR-ICMH (Tatsumi et al., Sec. III-B). Its analysis
   transform gives ``y``; the first ``coded_slices`` slices of ``ya = y - ŷm``
   are coded (Eq. (2)); the decoder fuses ``ŷ_k = ŷm_k + ŷa_k`` for k <= N_a and
@@ -250,54 +249,40 @@ class ImageCodec(ChannelARCodec):
 
 class ConditionalResidualCodec(ChannelARCodec):
     """Codes the pixel residual ``x_d = x - x̂_m`` with x̂_m as side information at both ends:
-    ``ŷ_d = Q(g_a([x_d, x̂_m]))``, ``x̂_d = g_s(ŷ_d, x̂_m)`` (see :class:`ConditionalSynthesis`)."""
+    ``ŷ_d = Q(g_a([x_d, x̂_m]))``, ``x̂_d = g_s(ŷ_d, x̂_m)`` (see :class:`ConditionalSynthesis`).
+
+    With ``machine_latent`` channels (``pr-icmh-ce``) its entropy model also sees the decoded base latent ŷ_m:
+    conditional coding in full (encoder, synthesis and entropy model see the base layer, as in conditional video
+    coding, e.g. Li et al., DCVC, NeurIPS 2021); each slice's scales and means come from
+    ``[channel context, h_s(ẑ_d), c(ŷ_m)]``, ``c`` a small exact network at 1/16 resolution. Warm-started from
+    ``pr-icmh-c``, the new inputs of the entropy networks start at zero: it starts as that codec.
+    """
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 3, **kwargs: Any) -> None:
         super().__init__(in_channels=in_channels + 3, out_channels=out_channels, **kwargs)
         self.g_s = ConditionalSynthesis(self.g_s)
 
-    def forward(self, x: Tensor, q: Tensor, x_m: Tensor) -> dict[str, Any]:
-        y_hat, likelihoods = self._code_forward(self.g_a(torch.cat([x, x_m], dim=1)), q)
-        return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat, "likelihoods": likelihoods}
-
-    def compress(self, x: Tensor, q: Tensor, x_m: Tensor) -> dict[str, Any]:
-        out = self._code_compress(self.g_a(torch.cat([x, x_m], dim=1)), q)
-        return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
-
-    def decompress(self, strings: list[list[bytes]], shape: dict, q: Tensor, x_m: Tensor) -> dict[str, Any]:
-        y_hat = self.decompress_latent(strings, shape, q)
-        return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat}
-
-
-class ConditionalEntropyResidualCodec(ConditionalResidualCodec):
-    """:class:`ConditionalResidualCodec` whose entropy model also sees the decoded base latent ŷ_m.
-
-    Conditional coding in full (encoder, synthesis and entropy model see the base layer, as in conditional video
-    coding, e.g. Li et al., DCVC, NeurIPS 2021): the residual's scales and means per slice come from
-    ``[channel context, h_s(ẑ_d), c(ŷ_m)]``; ``c`` is a small exact network at 1/16 resolution. Warm-started
-    from ``pr-icmh-c``, the new inputs of the entropy networks start at zero: it starts as exactly that codec.
-    """
-
-    def forward(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor) -> dict[str, Any]:
+    def forward(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor | None = None) -> dict[str, Any]:
         y_hat, likelihoods = self._code_forward(self.g_a(torch.cat([x, x_m], dim=1)), q, ym_hat)
         return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat, "likelihoods": likelihoods}
 
-    def compress(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor) -> dict[str, Any]:
+    def compress(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor | None = None) -> dict[str, Any]:
         out = self._code_compress(self.g_a(torch.cat([x, x_m], dim=1)), q, ym_hat)
         return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
 
     def decompress(
-        self, strings: list[list[bytes]], shape: dict, q: Tensor, x_m: Tensor, ym_hat: Tensor
+        self, strings: list[list[bytes]], shape: dict, q: Tensor, x_m: Tensor, ym_hat: Tensor | None = None
     ) -> dict[str, Any]:
         y_hat = self.decompress_latent(strings, shape, q, ym_hat)
         return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat}
 
 
 def machine_side(model: ChannelARCodec, x_m: Tensor, ym_hat: Tensor) -> tuple[Tensor, ...]:
-    """What a PR residual model takes besides its input and rate: x̂_m (and ŷ_m) for the conditional codecs."""
-    if isinstance(model, ConditionalEntropyResidualCodec):
-        return (x_m, ym_hat)
-    return (x_m,) if isinstance(model, ConditionalResidualCodec) else ()
+    """What a PR residual model takes besides its input and rate: x̂_m for the conditional codec, and ŷ_m when
+    its entropy model sees the base latent; nothing for the explicit one."""
+    if not isinstance(model, ConditionalResidualCodec):
+        return ()
+    return (x_m, ym_hat) if model.machine_latent else (x_m,)
 
 
 class FeatureResidualCodec(ChannelARCodec):
@@ -345,7 +330,7 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     # starts as exactly pr-icmh-l when warm-started from it (icmh train --init-from)
     "pr-icmh-c": (ConditionalResidualCodec, MODEL_DEFAULTS_PR_L),
     # pr-icmh-c whose entropy model also sees the base latent ŷ_m (session 8); starts as exactly pr-icmh-c
-    "pr-icmh-ce": (ConditionalEntropyResidualCodec, {**MODEL_DEFAULTS_PR_L, "machine_latent": 160}),
+    "pr-icmh-ce": (ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_L, "machine_latent": 160}),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # single-layer reference: same architecture as the base, plain MSE
@@ -357,7 +342,7 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
         ConditionalResidualCodec, {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8},
     ),
     "pr-icmh-ce-tiny": (
-        ConditionalEntropyResidualCodec,
+        ConditionalResidualCodec,
         {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8, "machine_latent": 40},
     ),
     "fr-icmh-tiny": (

@@ -267,7 +267,7 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         if not (torch.isfinite(out["loss"]) and torch.isfinite(norm)):
             # one non-finite batch must not poison the weights and the Adam moments (a pr-icmh-ce run lost its
-            # weights to NaN at step ~8,900 this way): skip its update; a run that keeps failing stops
+            # weights to NaN at step ~8,500 this way): skip its update; a run that keeps failing stops
             self.skipped_steps += 1
             self.failed_in_a_row += 1
             if self.failed_in_a_row >= MAX_FAILED_STEPS:
