@@ -333,3 +333,26 @@ def test_table_index_gaussian_conditional_gives_compressais_indexes() -> None:
     indexes = fast.build_indexes(scales)
     assert torch.equal(indexes, reference.build_indexes(scales)) and indexes.dtype == torch.int32
     assert set(indexes.unique().tolist()) == set(range(len(table)))
+
+
+def test_table_index_decompress_matches_compressai() -> None:
+    """The numpy conversion of decoded symbols gives CompressAI's tensor, means and all, for every sample."""
+    from compressai.entropy_models import GaussianConditional
+    from compressai.models.google import get_scale_table
+
+    from icmh.codec.models import TableIndexGaussianConditional
+
+    reference, fast = GaussianConditional(None), TableIndexGaussianConditional(None)
+    for model in (reference, fast):
+        model.update_scale_table(get_scale_table())
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(2, 4, 9, 7, generator=generator) * 6
+    scales = torch.rand(2, 4, 9, 7, generator=generator) * 8
+    means = torch.randn(2, 4, 9, 7, generator=generator)
+    indexes = fast.build_indexes(scales)
+    strings = reference.compress(values, indexes, means)
+    decoded = fast.decompress(strings, indexes, means=means)
+    assert torch.equal(decoded, reference.decompress(strings, indexes, means=means))
+    assert torch.equal(decoded, torch.round(values - means) + means)
+    with pytest.raises(ValueError):
+        fast.decompress(strings[:1], indexes)

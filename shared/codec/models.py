@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.latent_codecs import (
@@ -63,6 +64,22 @@ class TableIndexGaussianConditional(GaussianConditional):
         scales = self.lower_bound_scale(scales)
         table = self.scale_table[:-1].to(scales.dtype).contiguous()
         return torch.searchsorted(table, scales.contiguous()).int()
+
+    def decompress(
+        self, strings: list[bytes], indexes: Tensor, dtype: torch.dtype = torch.float, means: Tensor | None = None
+    ) -> Tensor:
+        """CompressAI's ``decompress`` with the tables converted once and the decoded symbols turned into a tensor
+        through numpy (``torch.tensor`` of a Python list of ~100k ints takes ~3x as long: ~30 ms of a 1280x720
+        decode). Same symbols, same output."""
+        if len(strings) != indexes.size(0):
+            raise ValueError("Invalid strings or indexes parameters")
+        tables = (self._quantized_cdf.tolist(), self._cdf_length.reshape(-1).int().tolist(),
+                  self._offset.reshape(-1).int().tolist())
+        outputs = torch.empty(indexes.shape)
+        for i, string in enumerate(strings):
+            values = self.entropy_coder.decode_with_indexes(string, indexes[i].reshape(-1).int().tolist(), *tables)
+            outputs[i] = torch.from_numpy(np.asarray(values, dtype=np.int32)).view(outputs[i].shape)
+        return self.dequantize(outputs, means, dtype)
 
 
 class SliceGaussianCodec(GaussianConditionalLatentCodec):
@@ -199,6 +216,11 @@ class ChannelARCodec(CompressionModel):
         )
         self.latent_codec = ConditionedHyperpriorLatentCodec(latent_codec={"hyper": hyper_codec, "y": slices})
 
+    def analysis(self, x: Tensor) -> Tensor:
+        """g_a on a channels-last copy of ``x``: oneDNN's float convolutions run ~1.6x faster on it (base encoder
+        at 1280x720: 110 -> 69 ms on 2 cores); the encoder runs in float, so the layout changes no guarantee."""
+        return self.g_a(x.contiguous(memory_format=torch.channels_last))
+
     # -- coding of the (gained) latent -------------------------------------------------
     def _condition(self, ym_hat: Tensor | None) -> Tensor | None:
         return None if ym_hat is None else self.machine_context(ym_hat)
@@ -235,11 +257,11 @@ class ImageCodec(ChannelARCodec):
     """Codes an image (or a pixel residual) on its own: base, PR residual, single layer."""
 
     def forward(self, x: Tensor, q: Tensor) -> dict[str, Any]:
-        y_hat, likelihoods = self._code_forward(self.g_a(x), q)
+        y_hat, likelihoods = self._code_forward(self.analysis(x), q)
         return {"x_hat": self.g_s(y_hat), "y_hat": y_hat, "likelihoods": likelihoods}
 
     def compress(self, x: Tensor, q: Tensor) -> dict[str, Any]:
-        out = self._code_compress(self.g_a(x), q)
+        out = self._code_compress(self.analysis(x), q)
         return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
 
     def decompress(self, strings: list[list[bytes]], shape: dict, q: Tensor) -> dict[str, Any]:
@@ -263,11 +285,11 @@ class ConditionalResidualCodec(ChannelARCodec):
         self.g_s = ConditionalSynthesis(self.g_s)
 
     def forward(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor | None = None) -> dict[str, Any]:
-        y_hat, likelihoods = self._code_forward(self.g_a(torch.cat([x, x_m], dim=1)), q, ym_hat)
+        y_hat, likelihoods = self._code_forward(self.analysis(torch.cat([x, x_m], dim=1)), q, ym_hat)
         return {"x_hat": self.g_s(y_hat, x_m), "y_hat": y_hat, "likelihoods": likelihoods}
 
     def compress(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor | None = None) -> dict[str, Any]:
-        out = self._code_compress(self.g_a(torch.cat([x, x_m], dim=1)), q, ym_hat)
+        out = self._code_compress(self.analysis(torch.cat([x, x_m], dim=1)), q, ym_hat)
         return {"strings": out["strings"], "shape": out["shape"], "y_hat": out["y_hat"]}
 
     def decompress(
@@ -295,7 +317,7 @@ class FeatureResidualCodec(ChannelARCodec):
 
     def _residual(self, x: Tensor, ym_hat: Tensor) -> Tensor:
         """Eq. (2): feature residual between this codec's analysis and the base latent."""
-        return self.g_a(x) - ym_hat[:, : self.coded_channels]
+        return self.analysis(x) - ym_hat[:, : self.coded_channels]
 
     def forward(self, x: Tensor, q: Tensor, ym_hat: Tensor) -> dict[str, Any]:
         ya_hat, likelihoods = self._code_forward(self._residual(x, ym_hat), q)
