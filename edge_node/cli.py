@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--target-kbps", type=float, default=edge_default("target_kbps"),
                        help="adapt the base rate to this base-layer bandwidth (0: fixed rate)")
     codec.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    codec.add_argument("--analysis-precision", choices=("auto", "bf16", "fp32"),
+                       help="arithmetic of the encoders' analysis transforms (default: $ICMH_ANALYSIS_PRECISION or "
+                            "auto = bf16 where the CPU has it natively); the streams decode the same either way")
     store = p.add_argument_group("storage")
     store.add_argument("--data-dir", type=Path, default=Path("edge-data"), help="folder of edge.db")
     store.add_argument("--outbox-frames", type=int, default=StoreLimits.outbox_frames,
@@ -112,10 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
+        from icmh.codec.precision import set_default_precision
+
         from .node import EdgeNode
 
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.analysis_precision:
+            set_default_precision(args.analysis_precision)
         node = EdgeNode(settings_from_args(args))
     except (ValueError, FileNotFoundError, SourceError, BitstreamError, OSError) as exc:
         print(f"icmh-edge: error: {exc}", file=sys.stderr)

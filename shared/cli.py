@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         crop=args.crop, lr=args.lr, threads=args.threads, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
         validate_every=args.validate_every, max_minutes=args.max_minutes,
         init_from=Path(args.init_from) if args.init_from else None, architecture=args.architecture,
-        background_weight=args.background_weight, feature_weight=args.feature_weight,
+        background_weight=args.background_weight, feature_weight=args.feature_weight, precision=args.precision,
     )
     Trainer(cfg).run()
 
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write OUT/last.pt this often (default %(default)s)")
     t.add_argument("--validate-every", type=int, default=d("validate_every"),
                    help="steps between validations on real bitstreams (default %(default)s)")
+    t.add_argument("--precision", default=d("precision"), choices=("fp32", "bf16"),
+                   help="arithmetic of the transforms g_a / g_s in training; bf16 is ~2x faster on CPUs with AMX "
+                        "or AVX512-BF16, the entropy model stays fp32 (default %(default)s)")
     t.add_argument("--max-minutes", type=float, help="stop after this much wall time (default: no limit)")
     t.add_argument("--init-from", help="warm start from another checkpoint or weights file (tensors of the same "
                                        "shape; a weight with more input channels takes the old ones and zeros)")

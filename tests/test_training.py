@@ -235,6 +235,38 @@ def test_a_non_finite_batch_leaves_weights_and_moments_untouched(tmp_path: Path)
             trainer.train_step(bad, None, torch.tensor([1, 2]))
 
 
+def test_bf16_training_runs_the_transforms_in_bfloat16_and_the_entropy_model_in_float32(tmp_path: Path) -> None:
+    """``--precision bf16``: g_a / g_s under bfloat16 autocast, likelihoods in float32; the loss stays within a
+    bfloat16 rounding of the float32 one and the step trains; eval mode (coding) is untouched."""
+    cfg = TrainConfig(kind="single", out_dir=tmp_path / "fp32", architecture="sa-icm-tiny", threads=1, seed=3)
+    fp32, bf16 = Trainer(cfg), Trainer(TrainConfig(**{**cfg.__dict__, "out_dir": tmp_path / "bf16",
+                                                        "precision": "bf16"}))
+    assert bf16.model.train_precision == "bf16" and fp32.model.train_precision == "fp32"
+    seen: dict[str, torch.dtype] = {}
+    for name in ("g_a", "g_s"):
+        convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+        layer = next(m for m in getattr(bf16.model, name).modules() if isinstance(m, convs))
+        layer.register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out.dtype))
+    x, q = torch.rand(2, 3, 64, 64), torch.tensor([0, 5])
+    torch.manual_seed(4)
+    ref = fp32.losses(x, None, q)
+    torch.manual_seed(4)
+    out = bf16.model(x, q)
+    assert seen == {"g_a": torch.bfloat16, "g_s": torch.bfloat16}
+    assert out["x_hat"].dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in out["likelihoods"].values())
+    torch.manual_seed(4)
+    low = bf16.losses(x, None, q)
+    assert torch.isfinite(low["loss"]) and low["loss"].item() == pytest.approx(ref["loss"].item(), rel=0.05)
+    before = [p.detach().clone() for p in bf16.params]
+    bf16.train_step(x, None, q)
+    assert bf16.step == 1 and any(not torch.equal(a, b) for a, b in zip(before, bf16.params, strict=True))
+    bf16.model.eval()  # coding: the exact synthesis, whatever the training precision
+    y = torch.randn(1, 40, 4, 4).round()
+    with torch.no_grad():
+        assert torch.equal(bf16.model.synthesis(y), bf16.model.g_s(y))
+
+
 def test_resuming_an_older_checkpoint_resets_adam_and_warms_up(tmp_path: Path) -> None:
     cfg = TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny", threads=1, lr=1e-3)
     first = Trainer(cfg)

@@ -28,6 +28,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from icmh.codec.precision import resolved_precision  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (source tree); not one for an installed package
 PACKAGES = ("torch", "compressai", "ultralytics", "opencv-python", "opencv-python-headless", "pillow", "numpy",
             "pytorch-msssim", "scipy")
@@ -148,7 +150,8 @@ def run_metadata(command: str, image_count: int, threads: int, extra: dict[str, 
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **source_state(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "torch_threads": threads},
+                    "python": platform.python_version(), "torch_threads": threads,
+                    "analysis_precision": resolved_precision()},
         "versions": package_versions(),
         "tool_versions": tool_versions(),
         **(extra or {}),

@@ -38,7 +38,8 @@ def image_to_tensor(image: np.ndarray) -> tuple[Tensor, int, int]:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError("image must be a uint8 array of shape (H, W, 3)")
     h, w = image.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
+    pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()  # torch refuses read-only views
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div_(255.0)
     pad_h, pad_w = (-h) % ALIGNMENT, (-w) % ALIGNMENT
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")

@@ -92,6 +92,7 @@ class Trainer:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         self.arch = cfg.architecture or KIND_ARCHITECTURE[cfg.kind]
         self.model = build_model(self.arch)
+        self.model.train_precision = cfg.precision
         self.base: ChannelARCodec | None = None
         self.base_layer: LoadedModel | None = None  # the frozen base with its identity (pr / fr)
         if cfg.kind in ("pr", "fr"):
