@@ -15,6 +15,7 @@ import torch
 
 from icmh.codec import ScalableCodec
 from icmh.codec.exact import exact_arithmetic
+from icmh.codec.models import build_model
 from icmh.codec.weights import export_weights
 from icmh.splits import check_training_path, video_frames
 from icmh.training.data import load_detection_monitor_set, load_training_set
@@ -194,6 +195,14 @@ def test_warm_start_from_exported_weights_takes_every_tensor(tmp_path: Path) -> 
     exported = load_layer(folder / "sa-icm.pt").model.state_dict()
     for name, value in trainer.model.named_parameters():  # every learned tensor (entropy tables are rebuilt)
         assert torch.equal(value.detach(), exported[name].float()), name
+    # the constants fp16 flushes to zero keep the values the architecture gives them, so no likelihood reaches 0
+    fresh = dict(build_model("sa-icm-tiny").named_buffers())
+    for name, value in trainer.model.named_buffers():
+        if name.endswith(("bound", "pedestal")):
+            assert torch.equal(value, fresh[name]), name
+    assert exported["latent_codec.hyper.entropy_bottleneck.likelihood_lower_bound.bound"].item() == 0.0  # the trap
+    out = trainer.model(torch.rand(1, 3, 64, 64) * 40, torch.tensor([3]))  # far outside the trained range
+    assert all(v.min() > 0 for v in out["likelihoods"].values())
 
 
 def test_a_stale_aux_gradient_does_not_shrink_the_rate_distortion_step(tmp_path: Path) -> None:

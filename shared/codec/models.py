@@ -384,6 +384,9 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # single-layer reference: same architecture as the base, plain MSE
     "single": (ImageCodec, {"width": 48, "latent": 160, "num_slices": 5}),
+    # single-layer reference of the PR layer's size (pr-icmh-l's transforms and entropy model on the image itself):
+    # what one codec of that capacity does without a base layer, i.e. what scalability costs
+    "single-l": (ImageCodec, MODEL_DEFAULTS_PR_L),
     # tiny variants for tests
     "sa-icm-tiny": (ImageCodec, {"width": 8, "latent": 40, "num_slices": 5, "hyper": 8, "side": 16, "context": 8}),
     "pr-icmh-tiny": (ImageCodec, {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8}),

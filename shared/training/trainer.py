@@ -55,18 +55,21 @@ def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
 
 
 def warm_start(model: ChannelARCodec, path: Path) -> int:
-    """Load ``path``'s tensors that fit ``model`` (``--init-from``); returns how many were taken.
+    """Load ``path``'s learned tensors (parameters) that fit ``model`` (``--init-from``); returns how many were taken.
 
     A training checkpoint keeps its tensors under "model", an exported weights file under "state_dict".
-    Entropy tables are rebuilt, not taken. A weight with more input channels here (the conditional codec's
-    ``[x_d, x̂_m]``) takes the old channels and zeros after them.
+    Buffers are never taken: they are entropy tables (rebuilt) or constants of the architecture, and an fp16
+    export flushes some of those to zero (CompressAI's likelihood lower bound of 1e-9, GDN's pedestal), after
+    which a likelihood can underflow to 0 and a step's loss becomes inf (the NaN of the pr-icmh-ce runs warm-started
+    from shipped weights). A weight with more input channels here (the conditional codec's ``[x_d, x̂_m]``) takes the
+    old channels and zeros after them.
     """
     state = load_state(path)  # a user-supplied file: tensors only
     source = state.get("model") or state.get("state_dict") or state
-    own = model.state_dict()
+    own = dict(model.named_parameters())
     taken = {}
     for k, v in source.items():
-        if k not in own or k.endswith(("_quantized_cdf", "_offset", "_cdf_length")):
+        if k not in own:
             continue
         if own[k].shape == v.shape:
             taken[k] = v.float()
@@ -74,8 +77,9 @@ def warm_start(model: ChannelARCodec, path: Path) -> int:
             wide = torch.zeros(own[k].shape)
             wide[:, : v.shape[1]] = v.float()
             taken[k] = wide
-    own.update(taken)
-    torch.nn.Module.load_state_dict(model, own, strict=False)
+    with torch.no_grad():
+        for k, v in taken.items():
+            own[k].copy_(v)
     return len(taken)
 
 
