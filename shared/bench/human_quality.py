@@ -24,8 +24,8 @@ from .datasets import KODAK, TRAFFIC_CAMS, list_images, traffic_test_frames
 from .lineup import BenchOptions, build_lineup, set_threads
 from .report import figure, plot_rate_curves, run_metadata, save_figure, write_json
 
-HUMAN_CODECS = ("sa-icm", "pr-icmh", "pr-icmh-ce", "pr-icmh-explicit", "pr-icmh-small", "fr-icmh", "pr-avif", "single")
-RESIDUAL_CODECS = ("pr-icmh", "pr-icmh-ce", "pr-icmh-explicit", "pr-icmh-small", "fr-icmh", "pr-avif")
+HUMAN_CODECS = ("sa-icm", "pr-icmh", "pr-icmh-explicit", "pr-icmh-small", "fr-icmh", "pr-avif", "single")
+RESIDUAL_CODECS = ("pr-icmh", "pr-icmh-explicit", "pr-icmh-small", "fr-icmh", "pr-avif")
 HUMAN_DATASETS = ("kodak", TRAFFIC_CAMS)
 ANCHORS = ("webp", "jpeg")
 METRICS = {"psnr": "PSNR RGB (dB)", "ms_ssim": "MS-SSIM"}

@@ -26,7 +26,6 @@ LEARNED = {
     "single": ("single", "single-layer reference"),
     "pr-icmh": ("pr", "PR-ICMH, shipped (ours)"),
     "pr-icmh-explicit": ("pr-explicit", "PR-ICMH, explicit residual as published"),
-    "pr-icmh-ce": ("pr-ce", "PR-ICMH, conditional entropy model (pr-icmh-ce.pt)"),
     "pr-icmh-small": ("pr-small", "PR-ICMH, small decoder (session 2)"),
     "fr-icmh": ("fr", "FR-ICMH (ours)"),
     "pr-avif": ("avif", "AVIF residual on SA-ICM (classical baseline)"),

@@ -24,7 +24,6 @@ LAYER_FILES = {
     "base": "sa-icm.pt", "pr": "pr-icmh.pt", "fr": "fr-icmh.pt", "single": "single.pt",
     "pr-small": "pr-icmh-small.pt",  # the width-48 PR-ICMH of session 2: 4x cheaper decoder, lower quality
     "pr-explicit": "pr-icmh-explicit.pt",  # PR-ICMH as published (explicit residual), when the default is not
-    "pr-ce": "pr-icmh-ce.pt",  # the training line of the conditional entropy model, benchmarked beside the default
 }
 
 
