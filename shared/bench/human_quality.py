@@ -97,7 +97,10 @@ def run_human(options: BenchOptions, base_rate: float, dataset: str = "kodak") -
     title = "Kodak" if dataset == "kodak" else "Traffic cameras"
     fig, axes = figure(len(METRICS), f"{title}: human-oriented quality ({len(paths)} images)")
     residual_rates = {n: "residual_bpp" for n in RESIDUAL_CODECS}
+    # the rate axis spans the classical anchors' sweep (a near-lossless residual point would flatten every curve)
+    anchor_rates = [p["bpp"] for a in ANCHORS if a in curves for p in curves[a]["points"]]
+    anchor_span = 1.15 * max(anchor_rates) if anchor_rates else None
     for ax, (metric, label) in zip(axes, METRICS.items(), strict=True):
-        plot_rate_curves(ax, curves, metric, label, layer_rates=residual_rates)
+        plot_rate_curves(ax, curves, metric, label, layer_rates=residual_rates, max_rate=anchor_span)
     written.append(save_figure(fig, options.out, name))
     return written

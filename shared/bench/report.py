@@ -186,9 +186,12 @@ def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> Path:
 def plot_rate_curves(
     ax: plt.Axes, curves: dict[str, dict], metric: str, ylabel: str, rate: str = "bpp",
     references: Sequence[tuple[str, float]] = (), layer_rates: dict[str, str] | None = None,
+    max_rate: float | None = None,
 ) -> None:
     """``metric`` vs ``rate`` for every curve; horizontal ``references``; for layered curves in
-    ``layer_rates`` (curve -> rate key) also the same metric vs that layer's rate, dotted.
+    ``layer_rates`` (curve -> rate key) also the same metric vs that layer's rate, dotted. ``max_rate`` limits
+    the rate axis (and the metric axis to the points shown) so that one far point, e.g. a near-lossless one,
+    does not squeeze every curve into a corner; the plot says so.
     """
     for name, curve in curves.items():
         points = sorted(curve["points"], key=lambda p: p[rate])
@@ -203,6 +206,15 @@ def plot_rate_curves(
             ax.axhline(value, color="black", linestyle="--", linewidth=1, label=label)
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel(ylabel)
+    if max_rate is not None:
+        shown = [p[metric] for c in curves.values() for p in c["points"] if p[rate] <= max_rate]
+        hidden = sum(p[rate] > max_rate for c in curves.values() for p in c["points"])
+        ax.set_xlim(0, max_rate)
+        if shown:
+            pad = 0.05 * (max(shown) - min(shown) or 1.0)
+            ax.set_ylim(min(shown) - pad, max(shown) + pad)
+        if hidden:
+            ax.set_xlabel(f"bits per pixel ({hidden} point(s) beyond {max_rate:.2g} bpp not shown; see the JSON)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
 
