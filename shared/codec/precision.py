@@ -4,8 +4,9 @@ The analysis transform runs only at the encoder, in float, and nothing downstrea
 entropy parameters and the decoded latent come from the exact integer path (:mod:`icmh.codec.exact`), so a
 stream coded from a bfloat16 g_a decodes bit for bit like any other. bfloat16 changes the latent by a few
 hundredths (a fraction of a per cent of the coded symbols move by one step) and, on CPUs with native bfloat16
-dot products (AVX512-BF16, AMX), runs several times faster: sa-icm g_a at 1280x720 on 2 cores of an AMD EPYC,
-167 -> 33 ms (``docs/benchmarks/speed.json`` has the measured stages). Training always runs in float32.
+dot products (AVX512-BF16, AMX), runs faster: at 1280x720 on 2 cores of an Intel Xeon with AMX, base encode
+204 -> 174 ms and PR residual encode 711 -> 525 ms (``docs/benchmarks/speed.json`` against
+``speed_fp32_analysis.json``). Training has its own setting (``icmh train --precision``).
 
 ``auto`` (the default, or ``ICMH_ANALYSIS_PRECISION``) takes bfloat16 where oneDNN reports native support and
 float32 elsewhere; :func:`set_default_precision` sets it for the process, :func:`analysis_precision` for the
