@@ -28,8 +28,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from icmh.codec.precision import resolved_precision  # noqa: E402
-
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (source tree); not one for an installed package
 PACKAGES = ("torch", "compressai", "ultralytics", "opencv-python", "opencv-python-headless", "pillow", "numpy",
             "pytorch-msssim", "scipy")
@@ -142,6 +140,13 @@ def check_work_tree(out: Path, allow_dirty: bool = False) -> None:
                          f"in {out}, or pass --allow-dirty (the report then records \"dirty\": true)")
 
 
+def analysis_precision_in_use() -> str:
+    """The encoders' analysis precision of this process (imported here, not at module import: it loads torch)."""
+    from icmh.codec.precision import resolved_precision
+
+    return resolved_precision()
+
+
 def run_metadata(command: str, image_count: int, threads: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Facts needed to reproduce or compare a run."""
     return {
@@ -151,7 +156,7 @@ def run_metadata(command: str, image_count: int, threads: int, extra: dict[str, 
         **source_state(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch_threads": threads,
-                    "analysis_precision": resolved_precision()},
+                    "analysis_precision": analysis_precision_in_use()},
         "versions": package_versions(),
         "tool_versions": tool_versions(),
         **(extra or {}),

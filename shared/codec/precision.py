@@ -75,8 +75,11 @@ def analysis_precision(name: str) -> Iterator[None]:
         _setting.name = previous
 
 
+def bf16_autocast(enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on the CPU when ``enabled``, else a context that changes nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 def analysis_autocast() -> contextlib.AbstractContextManager:
     """The context an encoder's g_a runs in: bfloat16 autocast, or nothing for float32."""
-    if resolved_precision() == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return bf16_autocast(resolved_precision() == "bf16")
