@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or AVX512-BF16, the entropy model stays fp32 (default %(default)s)")
     t.add_argument("--max-minutes", type=float, help="stop after this much wall time (default: no limit)")
     t.add_argument("--init-from", help="warm start from another checkpoint or weights file (tensors of the same "
-                                       "shape; a weight with more input channels takes the old ones and zeros)")
+                                       "shape; a larger tensor takes the old one's entries, widened so that the "
+                                       "model starts as the old one)")
     t.set_defaults(func=cmd_train)
 
     x = sub.add_parser("export", help="write compact fp16 weights + manifest from a checkpoint")

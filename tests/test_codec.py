@@ -335,8 +335,9 @@ def test_table_index_gaussian_conditional_gives_compressais_indexes() -> None:
     assert set(indexes.unique().tolist()) == set(range(len(table)))
 
 
-def test_table_index_decompress_matches_compressai() -> None:
-    """The numpy conversion of decoded symbols gives CompressAI's tensor, means and all, for every sample."""
+def test_table_index_coding_matches_compressai() -> None:
+    """The same strings as CompressAI's ``compress``; the numpy conversion of decoded symbols gives CompressAI's
+    tensor, means and all, for every sample; the cached coder tables follow a new scale table."""
     from compressai.entropy_models import GaussianConditional
     from compressai.models.google import get_scale_table
 
@@ -351,8 +352,15 @@ def test_table_index_decompress_matches_compressai() -> None:
     means = torch.randn(2, 4, 9, 7, generator=generator)
     indexes = fast.build_indexes(scales)
     strings = reference.compress(values, indexes, means)
+    assert fast.compress(values, indexes, means) == strings
     decoded = fast.decompress(strings, indexes, means=means)
     assert torch.equal(decoded, reference.decompress(strings, indexes, means=means))
     assert torch.equal(decoded, torch.round(values - means) + means)
     with pytest.raises(ValueError):
         fast.decompress(strings[:1], indexes)
+    with pytest.raises(ValueError):
+        fast.compress(values, indexes[:1], means)
+    for model in (reference, fast):  # a coarser table: other CDFs, so the cache must not serve the old ones
+        model.update_scale_table(get_scale_table(min=0.5, levels=16), force=True)
+    indexes = fast.build_indexes(scales)
+    assert fast.compress(values, indexes, means) == reference.compress(values, indexes, means)

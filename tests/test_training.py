@@ -318,6 +318,39 @@ def test_conditional_codec_warm_started_from_explicit_pr_decodes_the_same_pixels
     assert torch.equal(a, b)
 
 
+def test_wider_synthesis_warm_started_from_pr_icmh_ce_decodes_the_same_pixels(tmp_path: Path) -> None:
+    """--init-from pr-icmh-ce into pr-icmh-cw (wider half-resolution stage and refinement): the old weights keep
+    their place, the consumers of the new channels start at zero, so the same strings decode to the same pixels;
+    the new channels are not dead (their producers are not zero) and training moves the consumers off zero."""
+    from icmh.codec.models import build_model
+
+    torch.manual_seed(5)
+    narrow = build_model("pr-icmh-ce-tiny")
+    torch.save({"model": narrow.state_dict()}, tmp_path / "narrow.pt")
+    wide = build_model("pr-icmh-cw-tiny")
+    assert warm_start(wide, tmp_path / "narrow.pt") == len(dict(narrow.named_parameters()))
+    last, half = wide.g_s._modules[str(wide.g_s.layers - 1)], narrow.g_s._modules[str(narrow.g_s.layers - 1)]
+    assert isinstance(last, torch.nn.ConvTranspose2d) and last.weight.shape[0] > half.weight.shape[0]
+    assert not last.weight[half.weight.shape[0]:].any()  # a transposed weight is (in, out, k, k)
+    producer = wide.g_s._modules[str(wide.g_s.layers - 3)]  # the transposed convolution before it
+    assert producer.weight[:, half.weight.shape[0]:].abs().sum() > 0
+    assert not wide.g_s.refine[2].weight[:, narrow.g_s.refine[2].weight.shape[1]:].any()
+    for model in (narrow, wide):
+        model.eval()
+        model.update(force=True)
+    x_d, x_m, q = torch.rand(1, 3, 64, 64) - 0.5, torch.rand(1, 3, 64, 64), torch.tensor([100])
+    ym_hat = torch.randn(1, wide.machine_latent, 4, 4) * 4
+    with torch.no_grad():
+        out = narrow.compress(x_d, q, x_m, ym_hat)
+        a = narrow.decompress(out["strings"], out["shape"], q, x_m, ym_hat)["x_hat"]
+        b = wide.decompress(out["strings"], out["shape"], q, x_m, ym_hat)["x_hat"]
+    assert torch.equal(a, b)
+    wide.train()
+    loss = wide(x_d, q, x_m, ym_hat)["x_hat"].square().mean()
+    loss.backward()
+    assert last.weight.grad[half.weight.shape[0]:].abs().sum() > 0
+
+
 def test_conditional_entropy_codec_warm_started_from_conditional_pr_codes_like_it(tmp_path: Path) -> None:
     """--init-from a pr-icmh-c checkpoint: pr-icmh-ce starts as that codec (the ŷ_m inputs of its entropy networks
     at zero: the same pixels and likelihoods whatever ŷ_m is, up to float rounding); once those inputs are not

@@ -54,18 +54,51 @@ from .transforms import (
 ALIGNMENT = 64
 
 
-class TableIndexGaussianConditional(GaussianConditional):
-    """CompressAI's Gaussian conditional whose scale-table indexes come from one binary search per value.
+def _int_list(values: Tensor) -> list[int]:
+    """A tensor's values as the Python ints CompressAI's range coder takes (through numpy: ~2x faster than
+    ``Tensor.tolist`` for the ~120k symbols of a slice at 1280x720)."""
+    return values.detach().reshape(-1).int().numpy().tolist()
 
-    ``build_indexes`` of CompressAI 1.2.8 subtracts ``scales <= s`` for each of the 63 table entries (63 passes
-    over the tensor, ~15 % of a base encode at 1280x720); the number of entries of ``scale_table[:-1]`` below a
-    scale is the same integer (``torch.searchsorted``, left side), so the strings do not change.
+
+class TableIndexGaussianConditional(GaussianConditional):
+    """CompressAI's Gaussian conditional with the range coder's inputs prepared once, same strings.
+
+    * ``build_indexes`` of CompressAI 1.2.8 subtracts ``scales <= s`` for each of the 63 table entries (63 passes
+      over the tensor, ~15 % of a base encode at 1280x720); the number of entries of ``scale_table[:-1]`` below a
+      scale is the same integer (``torch.searchsorted``, left side).
+    * ``compress`` / ``decompress`` of CompressAI convert the CDF tables (64 x ~3,100 ints for SA-ICM) to Python
+      lists on every call, ~4 ms per slice; here they are converted once per table version (:meth:`coder_tables`).
     """
+
+    _tables: tuple[tuple[Tensor, ...], tuple[int, ...], tuple[list, list, list]] | None = None
 
     def build_indexes(self, scales: Tensor) -> Tensor:
         scales = self.lower_bound_scale(scales)
         table = self.scale_table[:-1].to(scales.dtype).contiguous()
         return torch.searchsorted(table, scales.contiguous()).int()
+
+    def coder_tables(self) -> tuple[list, list, list]:
+        """``(cdfs, cdf lengths, offsets)`` as the range coder takes them; rebuilt when ``update`` or a state-dict
+        load replaces or changes a table (the cache holds the tensors, so their identity cannot be reused)."""
+        tensors = (self._quantized_cdf, self._cdf_length, self._offset)
+        versions = tuple(t._version for t in tensors)
+        cached = self._tables
+        if cached is None or any(a is not b for a, b in zip(cached[0], tensors, strict=True)) or cached[1] != versions:
+            self._check_cdf_size()
+            self._check_cdf_length()
+            self._check_offsets_size()
+            lists = (self._quantized_cdf.tolist(), _int_list(self._cdf_length), _int_list(self._offset))
+            self._tables = cached = (tensors, versions, lists)
+        return cached[2]
+
+    def compress(self, inputs: Tensor, indexes: Tensor, means: Tensor | None = None) -> list[bytes]:
+        """CompressAI's ``compress`` (same symbols, tables and strings) with the tables converted once."""
+        if inputs.dim() < 2 or inputs.size() != indexes.size():
+            raise ValueError("inputs and indexes must have the same size, with a batch dimension")
+        symbols = self.quantize(inputs, "symbols", means)
+        tables = self.coder_tables()
+        return [self.entropy_coder.encode_with_indexes(_int_list(symbols[i]), _int_list(indexes[i]), *tables)
+                for i in range(symbols.size(0))]
 
     def decompress(
         self, strings: list[bytes], indexes: Tensor, dtype: torch.dtype = torch.float, means: Tensor | None = None
@@ -75,11 +108,10 @@ class TableIndexGaussianConditional(GaussianConditional):
         decode). Same symbols, same output."""
         if len(strings) != indexes.size(0):
             raise ValueError("Invalid strings or indexes parameters")
-        tables = (self._quantized_cdf.tolist(), self._cdf_length.reshape(-1).int().tolist(),
-                  self._offset.reshape(-1).int().tolist())
+        tables = self.coder_tables()
         outputs = torch.empty(indexes.shape)
         for i, string in enumerate(strings):
-            values = self.entropy_coder.decode_with_indexes(string, indexes[i].reshape(-1).int().tolist(), *tables)
+            values = self.entropy_coder.decode_with_indexes(string, _int_list(indexes[i]), *tables)
             outputs[i] = torch.from_numpy(np.asarray(values, dtype=np.int32)).view(outputs[i].shape)
         return self.dequantize(outputs, means, dtype)
 
@@ -302,9 +334,9 @@ class ConditionalResidualCodec(ChannelARCodec):
     ``pr-icmh-c``, the new inputs of the entropy networks start at zero: it starts as that codec.
     """
 
-    def __init__(self, *, in_channels: int = 3, out_channels: int = 3, **kwargs: Any) -> None:
+    def __init__(self, *, in_channels: int = 3, out_channels: int = 3, refine_width: int = 24, **kwargs: Any) -> None:
         super().__init__(in_channels=in_channels + 3, out_channels=out_channels, **kwargs)
-        self.g_s = ConditionalSynthesis(self.g_s)
+        self.g_s = ConditionalSynthesis(self.g_s, refine_width)
 
     def forward(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor | None = None) -> dict[str, Any]:
         y_hat, likelihoods = self._code_forward(self.analysis(torch.cat([x, x_m], dim=1)), q, ym_hat)
@@ -375,6 +407,13 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     "pr-icmh-c": (ConditionalResidualCodec, MODEL_DEFAULTS_PR_L),
     # pr-icmh-c whose entropy model also sees the base latent ŷ_m (session 8); starts as exactly pr-icmh-c
     "pr-icmh-ce": (ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_L, "machine_latent": 160}),
+    # pr-icmh-ce with a wider decoder (session 11): half-resolution stage 64 -> 128 channels, full-resolution
+    # refinement 24 -> 48; warm-started from pr-icmh-ce it starts as exactly that codec (``widened``), the encoder and
+    # the entropy model are the same size (the edge's cost does not change)
+    "pr-icmh-cw": (
+        ConditionalResidualCodec,
+        {**MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48, "machine_latent": 160},
+    ),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # single-layer reference: same architecture as the base, plain MSE
@@ -391,6 +430,11 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     "pr-icmh-ce-tiny": (
         ConditionalResidualCodec,
         {"width": 8, "latent": 24, "num_slices": 3, "hyper": 8, "side": 16, "context": 8, "machine_latent": 40},
+    ),
+    "pr-icmh-cw-tiny": (
+        ConditionalResidualCodec,
+        {"width": 8, "synthesis_widths": (8, 8, 12), "refine_width": 32, "latent": 24, "num_slices": 3, "hyper": 8,
+         "side": 16, "context": 8, "machine_latent": 40},
     ),
     "fr-icmh-tiny": (
         FeatureResidualCodec,

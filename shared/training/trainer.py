@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch import Tensor
 
 from ..codec.exact import exact_arithmetic
@@ -61,8 +62,8 @@ def warm_start(model: ChannelARCodec, path: Path) -> int:
     Buffers are never taken: they are entropy tables (rebuilt) or constants of the architecture, and an fp16
     export flushes some of those to zero (CompressAI's likelihood lower bound of 1e-9, GDN's pedestal), after
     which a likelihood can underflow to 0 and a step's loss becomes inf (the NaN of the pr-icmh-ce runs warm-started
-    from shipped weights). A weight with more input channels here (the conditional codec's ``[x_d, x̂_m]``) takes the
-    old channels and zeros after them.
+    from shipped weights). A larger tensor here takes the old one's entries (:func:`widened`): the conditional codec's
+    ``[x_d, x̂_m]`` input, a wider synthesis (``pr-icmh-cw`` from ``pr-icmh-ce``) start as the codec they came from.
     """
     state = load_state(path)  # a user-supplied file: tensors only
     source = state.get("model") or state.get("state_dict") or state
@@ -73,9 +74,7 @@ def warm_start(model: ChannelARCodec, path: Path) -> int:
             continue
         if own[k].shape == v.shape:
             taken[k] = v.float()
-        elif widened_inputs(own[k].shape, v.shape):
-            wide = torch.zeros(own[k].shape)
-            wide[:, : v.shape[1]] = v.float()
+        elif (wide := widened(own[k], v.float(), transposed=_in_transposed_conv(model, k))) is not None:
             taken[k] = wide
     with torch.no_grad():
         for k, v in taken.items():
@@ -83,9 +82,30 @@ def warm_start(model: ChannelARCodec, path: Path) -> int:
     return len(taken)
 
 
-def widened_inputs(own: torch.Size, source: torch.Size) -> bool:
-    """A convolution weight with more input channels than ``source`` and otherwise the same shape."""
-    return len(own) == len(source) >= 2 and own[0] == source[0] and own[2:] == source[2:] and own[1] > source[1]
+def widened(own: Tensor, source: Tensor, *, transposed: bool = False) -> Tensor | None:
+    """``source`` placed inside the larger tensor ``own`` so that the layer computes what it computed before
+    (function-preserving widening, cf. Chen et al., "Net2Net", ICLR 2016); ``None`` if it does not fit.
+
+    The source's entries keep their place. The weights on new *input* channels are zero: the layer ignores the new
+    features of its producer (or the conditional codec's new x̂_m / ŷ_m inputs). New *output* channels keep ``own``'s
+    initial values, so they compute something and their consumers' zero weights receive gradients. A convolution
+    weight is ``(out, in, k, k)``, a transposed one ``(in, out, k, k)``; kernels must be the same size.
+    """
+    if own.dim() != source.dim() or own.shape == source.shape:
+        return None
+    if any(a < b for a, b in zip(own.shape, source.shape, strict=True)) or own.shape[2:] != source.shape[2:]:
+        return None
+    wide = own.detach().float().clone()
+    if own.dim() >= 2:
+        inputs = 0 if transposed else 1
+        wide.narrow(inputs, source.shape[inputs], own.shape[inputs] - source.shape[inputs]).zero_()
+    wide[tuple(slice(0, n) for n in source.shape)] = source
+    return wide
+
+
+def _in_transposed_conv(model: nn.Module, name: str) -> bool:
+    owner = model.get_submodule(name.rpartition(".")[0])
+    return isinstance(owner, nn.ConvTranspose2d)
 
 
 class Trainer:
