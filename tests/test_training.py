@@ -335,20 +335,39 @@ def test_wider_synthesis_warm_started_from_pr_icmh_ce_decodes_the_same_pixels(tm
     producer = wide.g_s._modules[str(wide.g_s.layers - 3)]  # the transposed convolution before it
     assert producer.weight[:, half.weight.shape[0]:].abs().sum() > 0
     assert not wide.g_s.refine[2].weight[:, narrow.g_s.refine[2].weight.shape[1]:].any()
-    for model in (narrow, wide):
-        model.eval()
-        model.update(force=True)
     x_d, x_m, q = torch.rand(1, 3, 64, 64) - 0.5, torch.rand(1, 3, 64, 64), torch.tensor([100])
     ym_hat = torch.randn(1, wide.machine_latent, 4, 4) * 4
-    with torch.no_grad():
-        out = narrow.compress(x_d, q, x_m, ym_hat)
-        a = narrow.decompress(out["strings"], out["shape"], q, x_m, ym_hat)["x_hat"]
-        b = wide.decompress(out["strings"], out["shape"], q, x_m, ym_hat)["x_hat"]
-    assert torch.equal(a, b)
+    _assert_decodes_alike(narrow, wide, x_d, q, x_m, ym_hat)
     wide.train()
     loss = wide(x_d, q, x_m, ym_hat)["x_hat"].square().mean()
     loss.backward()
     assert last.weight.grad[half.weight.shape[0]:].abs().sum() > 0
+
+
+def _assert_decodes_alike(narrow: torch.nn.Module, wide: torch.nn.Module, x: torch.Tensor, q: torch.Tensor,
+                          *side: torch.Tensor) -> None:
+    """``wide`` decodes ``narrow``'s strings of ``x`` to the same pixels (exact arithmetic)."""
+    for model in (narrow, wide):
+        model.eval()
+        model.update(force=True)
+    with torch.no_grad():
+        out = narrow.compress(x, q, *side)
+        a = narrow.decompress(out["strings"], out["shape"], q, *side)["x_hat"]
+        b = wide.decompress(out["strings"], out["shape"], q, *side)["x_hat"]
+    assert torch.equal(a, b)
+
+
+def test_wider_fr_synthesis_warm_started_from_fr_icmh_decodes_the_same_pixels(tmp_path: Path) -> None:
+    """fr-icmh-w from an fr-icmh checkpoint: every synthesis layer grows (inputs and outputs), the same pixels."""
+    from icmh.codec.models import build_model
+
+    torch.manual_seed(6)
+    narrow = build_model("fr-icmh-tiny")
+    torch.save({"model": narrow.state_dict()}, tmp_path / "narrow.pt")
+    wide = build_model("fr-icmh-w-tiny")
+    assert warm_start(wide, tmp_path / "narrow.pt") == len(dict(narrow.named_parameters()))
+    ym_hat = torch.randn(1, 40, 4, 4) * 4
+    _assert_decodes_alike(narrow, wide, torch.rand(1, 3, 64, 64), torch.tensor([100]), ym_hat)
 
 
 def test_conditional_entropy_codec_warm_started_from_conditional_pr_codes_like_it(tmp_path: Path) -> None:

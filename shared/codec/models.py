@@ -416,6 +416,12 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     ),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
+    # fr-icmh with a wider synthesis (session 11), warm-started from fr-icmh it starts as exactly that codec
+    # (``widened``); the encoder (FR-ICMH's point: the lighter edge) is the same
+    "fr-icmh-w": (
+        FeatureResidualCodec,
+        {"width": 48, "synthesis_widths": (128, 96, 64), "latent": 160, "num_slices": 5, "coded_slices": 3},
+    ),
     # single-layer reference: same architecture as the base, plain MSE
     "single": (ImageCodec, {"width": 48, "latent": 160, "num_slices": 5}),
     # single-layer reference of the PR layer's size (pr-icmh-l's transforms and entropy model on the image itself):
@@ -439,6 +445,11 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     "fr-icmh-tiny": (
         FeatureResidualCodec,
         {"width": 8, "latent": 40, "num_slices": 5, "coded_slices": 3, "hyper": 8, "side": 16, "context": 8},
+    ),
+    "fr-icmh-w-tiny": (
+        FeatureResidualCodec,
+        {"width": 8, "synthesis_widths": (16, 12, 8), "latent": 40, "num_slices": 5, "coded_slices": 3, "hyper": 8,
+         "side": 16, "context": 8},
     ),
 }
 
