@@ -101,7 +101,9 @@ def run_human(options: BenchOptions, base_rate: float, dataset: str = "kodak") -
     anchor_rates = [p["bpp"] for a in ANCHORS if a in curves for p in curves[a]["points"]]
     anchor_span = 1.15 * max(anchor_rates) if anchor_rates else None
     for ax, (metric, label) in zip(axes, METRICS.items(), strict=True):
-        plot_rate_curves(ax, curves, metric, label, layer_rates=residual_rates, max_rate=anchor_span,
-                         legend_loc="lower right")
+        plot_rate_curves(ax, curves, metric, label, layer_rates=residual_rates, max_rate=anchor_span, legend_loc=None)
+    # one legend below both panels: inside either it hides the curves it names
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=3,
+               fontsize=8)
     written.append(save_figure(fig, options.out, name))
     return written

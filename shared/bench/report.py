@@ -191,12 +191,13 @@ def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> Path:
 def plot_rate_curves(
     ax: plt.Axes, curves: dict[str, dict], metric: str, ylabel: str, rate: str = "bpp",
     references: Sequence[tuple[str, float]] = (), layer_rates: dict[str, str] | None = None,
-    max_rate: float | None = None, legend_loc: str = "best",
+    max_rate: float | None = None, legend_loc: str | None = "best",
 ) -> None:
     """``metric`` vs ``rate`` for every curve; horizontal ``references``; for layered curves in
     ``layer_rates`` (curve -> rate key) also the same metric vs that layer's rate, dotted. ``max_rate`` limits
     the rate axis (and the metric axis to the points shown) so that one far point, e.g. a near-lossless one,
-    does not squeeze every curve into a corner; the plot says so.
+    does not squeeze every curve into a corner; the plot says so. ``legend_loc=None`` draws no legend (the caller
+    draws one for the figure).
     """
     for name, curve in curves.items():
         points = sorted(curve["points"], key=lambda p: p[rate])
@@ -221,7 +222,8 @@ def plot_rate_curves(
         if hidden:
             ax.set_xlabel(f"bits per pixel ({hidden} point(s) beyond {max_rate:.2g} bpp not shown; see the JSON)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc=legend_loc)
+    if legend_loc is not None:
+        ax.legend(fontsize=7, loc=legend_loc)
 
 
 def figure(panels: int, title: str) -> tuple[plt.Figure, list[plt.Axes]]:
