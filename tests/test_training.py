@@ -295,8 +295,6 @@ def test_resuming_an_older_checkpoint_resets_adam_and_warms_up(tmp_path: Path) -
 def test_conditional_codec_warm_started_from_explicit_pr_decodes_the_same_pixels(tmp_path: Path) -> None:
     """--init-from an explicit PR-ICMH checkpoint: the conditional codec starts as exactly that codec (its x̂_m
     input channels and branches at zero), whatever x̂_m is."""
-    from icmh.codec.models import build_model
-
     torch.manual_seed(2)
     explicit = build_model("pr-icmh-tiny")
     torch.save({"model": explicit.state_dict()}, tmp_path / "explicit.pt")
@@ -322,8 +320,6 @@ def test_wider_synthesis_warm_started_from_pr_icmh_ce_decodes_the_same_pixels(tm
     """--init-from pr-icmh-ce into pr-icmh-cw (wider half-resolution stage and refinement): the old weights keep
     their place, the consumers of the new channels start at zero, so the same strings decode to the same pixels;
     the new channels are not dead (their producers are not zero) and training moves the consumers off zero."""
-    from icmh.codec.models import build_model
-
     torch.manual_seed(5)
     narrow = build_model("pr-icmh-ce-tiny")
     torch.save({"model": narrow.state_dict()}, tmp_path / "narrow.pt")
@@ -359,8 +355,6 @@ def _assert_decodes_alike(narrow: torch.nn.Module, wide: torch.nn.Module, x: tor
 
 def test_wider_fr_synthesis_warm_started_from_fr_icmh_decodes_the_same_pixels(tmp_path: Path) -> None:
     """fr-icmh-w from an fr-icmh checkpoint: every synthesis layer grows (inputs and outputs), the same pixels."""
-    from icmh.codec.models import build_model
-
     torch.manual_seed(6)
     narrow = build_model("fr-icmh-tiny")
     torch.save({"model": narrow.state_dict()}, tmp_path / "narrow.pt")
@@ -374,8 +368,6 @@ def test_conditional_entropy_codec_warm_started_from_conditional_pr_codes_like_i
     """--init-from a pr-icmh-c checkpoint: pr-icmh-ce starts as that codec (the ŷ_m inputs of its entropy networks
     at zero: the same pixels and likelihoods whatever ŷ_m is, up to float rounding); once those inputs are not
     zero, ŷ_m changes the entropy parameters, so the strings depend on it."""
-    from icmh.codec.models import build_model
-
     torch.manual_seed(3)
     conditional = build_model("pr-icmh-c-tiny")
     torch.save({"model": conditional.state_dict()}, tmp_path / "conditional.pt")
