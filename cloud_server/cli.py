@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep frames this long (0: forever)")
     out.add_argument("--retention-gb", type=float, default=cloud_default("retention_bytes") / 1024**3,
                      help="base-layer bytes kept at most (0: no limit)")
+    out.add_argument("--exact-views", action="store_true",
+                     help="decode operator views (QUALITY_MACHINE / QUALITY_HUMAN) in exact integer pixels, the "
+                          "same on every machine (PR human view at 1280x720 ~4x slower); default: float synthesis, "
+                          "within a level or two of the exact pixels. QUALITY_ORIGINAL is always exact")
     out.add_argument("--cache-frames", type=int, default=cloud_default("cache_frames"),
                      help="decoded frames kept for repeated inspection")
     rep = p.add_argument_group("replicas (several cloud servers sharing one PostgreSQL index)")
@@ -126,6 +130,7 @@ def settings_from_args(args: argparse.Namespace) -> CloudSettings:
         max_message_bytes=int(args.max_message_mb * MIB), max_packet_bytes=int(args.max_packet_mb * MIB),
         residual_timeout_s=args.residual_timeout, retention_age_s=args.retention_days * DAY,
         retention_bytes=int(args.retention_gb * 1024**3), cache_frames=args.cache_frames,
+        exact_views=args.exact_views,
         max_workers=args.max_workers, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         replica_id=args.replica_id, advertise_address=args.advertise_address, lease_s=args.lease_seconds,
         rebalance_s=args.rebalance_seconds,

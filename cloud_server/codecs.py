@@ -64,15 +64,17 @@ class CloudCodecs:
         return header
 
     def decode_machine(self, base: bytes, exact_pixels: bool = True) -> np.ndarray:
-        """Machine image; ``exact_pixels=False`` (the detector's input) uses the fast float32 synthesis."""
+        """Machine image; ``exact_pixels=False`` (the detector's input, operator views) uses the fast float
+        synthesis."""
         with self._lock:
             return self._codecs["machine"].decode_machine(base, exact_pixels)
 
-    def decode_human(self, base: bytes, residual: bytes) -> np.ndarray:
-        """Human image from a base layer and its residual layer (PR, FR or AVIF, as the residual says)."""
+    def decode_human(self, base: bytes, residual: bytes, exact_pixels: bool = True) -> np.ndarray:
+        """Human image from a base layer and its residual layer (PR, FR or AVIF, as the residual says);
+        ``exact_pixels=False``: float synthesis (an operator's view)."""
         codec = self._residual_codec(residual)
         with self._lock:
-            return codec.decode_human(base, residual)
+            return codec.decode_human(base, residual, exact_pixels)
 
     def decode_original(self, base: bytes, lossless: bytes, residual: bytes | None = None) -> np.ndarray:
         """The captured frame from its lossless layer (and the residual layer, when that layer refines it)."""

@@ -85,13 +85,15 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     def __init__(self, registry: CameraRegistry, index: FrameIndex, sessions: EdgeSessions, codecs: CloudCodecs,
                  metrics: CloudMetrics, residual_timeout_s: float = 5.0, cache_frames: int = 64, *,
                  access: OperatorAccess, audit: AuditLog, replicas: ReplicaCoordinator | None = None,
-                 router: ReplicaRouter | None = None) -> None:
+                 router: ReplicaRouter | None = None, exact_views: bool = False) -> None:
         if (replicas is None) != (router is None):
             raise ValueError("replicas and their router go together")
         self.registry, self.index, self.sessions, self.codecs = registry, index, sessions, codecs
         self.replicas, self.router = replicas, router
         self.metrics, self.residual_timeout_s = metrics, residual_timeout_s
         self.cache = PngCache(cache_frames)
+        # machine and human views: float synthesis unless asked (QUALITY_ORIGINAL is always exact)
+        self.exact_views = exact_views
         self.access, self.audit = access, audit
         self.inspections = InspectionGuard(access, audit, metrics)  # used by @audited (GetFrame)
 
@@ -159,7 +161,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         """A frame in the requested quality; aborts with a clear status."""
         if quality == Quality.QUALITY_MACHINE:
             start = time.perf_counter()
-            image = self.codecs.decode_machine(base)
+            image = self.codecs.decode_machine(base, self.exact_views)
             self.metrics.decode_seconds.labels("machine").observe(time.perf_counter() - start)
             return Decoded(encode_png(image))
         if quality == Quality.QUALITY_ORIGINAL:
@@ -167,7 +169,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         residual = self._fetch_residual(context, record.camera_id, record.frame_id)
         start = time.perf_counter()
         try:
-            image = self.codecs.decode_human(base, residual)
+            image = self.codecs.decode_human(base, residual, self.exact_views)
         except BitstreamError as exc:
             self.metrics.errors.labels("residual_decode").inc()
             abort(context, grpc.StatusCode.DATA_LOSS, f"residual of frame {record.frame_id} does not decode: {exc}")

@@ -186,7 +186,7 @@ class CloudServer:
         ), server)
         operator_pb2_grpc.add_OperatorServicer_to_server(OperatorService(
             s.cameras, self.index, self.sessions, self.codecs, self.metrics, s.residual_timeout_s, s.cache_frames,
-            access=self.access, audit=self.audit, replicas=self.replicas, router=self.router,
+            access=self.access, audit=self.audit, replicas=self.replicas, router=self.router, exact_views=s.exact_views,
         ), server)
         detections_pb2_grpc.add_DetectionsServicer_to_server(DetectionsService(self.hub, self.metrics, self.access),
                                                              server)

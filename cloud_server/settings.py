@@ -60,6 +60,7 @@ class CloudSettings:
     retention_bytes: int = 10 * 1024**3  # base-layer bytes; 0: no limit
     maintenance_interval_s: float = 10.0
     cache_frames: int = 64
+    exact_views: bool = False  # operator views in exact pixels (bit-identical everywhere, slower); else float
     max_workers: int = 64  # every edge stream and subscription holds one worker thread
     metrics_port: int = 9102  # Prometheus; 0: disabled
     metrics_addr: str = "0.0.0.0"

@@ -106,8 +106,9 @@ def test_speed(small_shared: Path, tiny_weights: Path, tmp_path: Path) -> None:
     assert [run["size"] for run in data["runs"]] == ["320x180", "256x128"]
     for run in data["runs"]:
         stages = run["stages"]
-        for name in ("sa-icm encode (base)", "sa-icm decode (machine)", "pr-icmh encode (residual)",
-                     "fr-icmh decode (human: base + residual)", "single encode", "jpeg encode q75",
+        for name in ("sa-icm encode (base)", "sa-icm decode (machine)", "sa-icm decode (machine, float pixels)",
+                     "pr-icmh encode (residual)", "fr-icmh decode (human: base + residual)",
+                     "pr-icmh decode (human view, float pixels)", "single encode", "jpeg encode q75",
                      "webp encode q75", "yolov8n detect (on machine image)"):
             assert _finite(stages[name]["ms_mean"], stages[name]["fps"], stages[name]["tracemalloc_peak_mb"])
         assert stages["sa-icm encode (base)"]["bytes_mean"] > 0
@@ -126,6 +127,7 @@ def _check_goal_ratios(run: dict, stages: dict) -> None:
         "sa-icm encode (base)": 1.6, "sa-icm decode (machine)": 4.0,
         **{f"{c} encode (residual)": 2.0 for c in residuals},
         **{f"{c} decode (human: base + residual)": 8.0 for c in residuals},
+        **{f"{c} decode (human view, float pixels)": 8.0 for c in residuals},
     }
     for name, row in ratios["stages"].items():
         ratio = stages[name]["ms_median"] / reference
@@ -143,6 +145,7 @@ def _check_stage_macs(macs: dict) -> None:
     assert (stages["sa-icm encode (base)"], stages["sa-icm decode (machine)"]) == (base["encoder"], base["decoder"])
     assert stages["pr-icmh encode (residual)"] == pytest.approx(base["synthesis"] + pr["encoder"])
     assert stages["pr-icmh decode (human: base + residual)"] == pytest.approx(base["decoder"] + pr["decoder"])
+    assert stages["pr-icmh decode (human view, float pixels)"] == stages["pr-icmh decode (human: base + residual)"]
     assert stages["fr-icmh encode (residual)"] == fr["encoder"]
     assert stages["fr-icmh decode (human: base + residual)"] == pytest.approx(
         base["decoder"] - base["synthesis"] + fr["decoder"])

@@ -22,6 +22,7 @@ from icmh.codec.bitstream import LayerHeader, LayerKind, pack, unpack
 from icmh.codec.exact import exact_arithmetic, exact_kernel
 from icmh.codec.models import build_model
 from icmh.codec.weights import prepare
+from icmh.metrics import psnr
 from tests.conftest import make_tiny_weights
 
 
@@ -278,6 +279,19 @@ def test_fast_pixels_decode_the_same_latent_and_nearly_the_same_image() -> None:
     data = codec.encode_base(image, 0.5).data
     exact, fast = codec.decode_machine(data), codec.decode_machine(data, exact_pixels=False)
     assert np.abs(exact.astype(int) - fast.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("mode", ["pr", "fr"])
+def test_fast_human_view_is_the_exact_image_within_two_levels(mode: str) -> None:
+    """Shipped weights: the float synthesis of a view moves pixels by a level or two, never the decoded latents."""
+    codec = ScalableCodec.from_weights(mode=mode)
+    image = synthetic_photo(128, 192, seed=23)
+    base, residual = codec.encode(image, 0.5, 0.8)
+    exact = codec.decode_human(base, residual)
+    fast = codec.decode_human(base, residual, exact_pixels=False)
+    assert np.abs(fast.astype(int) - exact.astype(int)).max() <= 2
+    assert psnr(image, fast) > psnr(image, exact) - 0.1
+    np.testing.assert_array_equal(codec.decode_human(base, residual), exact)  # the switch ends with the call
 
 
 def test_fast_decode_in_one_thread_leaves_exact_decode_in_another(codec: ScalableCodec, photo: np.ndarray) -> None:

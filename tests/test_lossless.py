@@ -14,6 +14,7 @@ from service_support import edge_settings, frame_ids, get_frame, rpc_error, star
 
 from icmh.codec import BitstreamError, ScalableCodec, lossless
 from icmh.codec.bitstream import LayerKind, pack, unpack
+from icmh.codec.exact import exact_synthesis
 from icmh.edge.source import FrameSource
 from icmh.edge.store import StoreLimits
 from icmh.rpc import operator_pb2
@@ -23,6 +24,7 @@ from tests.test_cli import icmh
 from tests.test_codec import kodak, run_in_other_processes
 
 ORIGINAL = operator_pb2.QUALITY_ORIGINAL
+HUMAN = operator_pb2.QUALITY_HUMAN
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,8 @@ def test_base_residual_lossless_give_the_input_exactly(tiny_weights: Path, photo
     assert lossless.needs_residual(layer) == (method == lossless.RESIDUAL)
     decoded = codec.decode_original(base, layer, residual)
     assert decoded.dtype == np.uint8 and np.array_equal(decoded, photo)
+    with exact_synthesis(False):  # a thread that views frames in float pixels still gets the exact original
+        assert np.array_equal(codec.decode_original(base, layer, residual), photo)
 
 
 def test_frame_method_needs_no_residual_and_wraps_a_stored_webp(tiny_weights: Path, photo: np.ndarray) -> None:
@@ -133,8 +137,10 @@ def test_cli_lossless_round_trip(tiny_weights: Path, shared_dir: Path, tmp_path:
 
 
 def test_get_frame_original_returns_the_captured_frame(tmp_path: Path, tiny_weights: Path, shared_dir: Path) -> None:
-    """QUALITY_ORIGINAL over real gRPC: the exact frame the edge captured, fetched from the edge on request."""
-    server = start_cloud(tmp_path, tiny_weights, shared_dir, {"cam-o": "token-o"})
+    """QUALITY_ORIGINAL over real gRPC: the exact frame the edge captured, fetched from the edge on request; with
+    --exact-views the human view is the exact decode too."""
+    server = start_cloud(tmp_path, tiny_weights, shared_dir, {"cam-o": "token-o"}, exact_views=True)
+    codec = ScalableCodec.from_weights(tiny_weights)
     source = FrameSource(str(shared_dir / VIDEO), size=FRAME_SIZE, max_frames=3)
     try:
         captured = [f.image for f in source.frames(threading.Event())]
@@ -153,6 +159,10 @@ def test_get_frame_original_returns_the_captured_frame(tmp_path: Path, tiny_weig
                 assert reply.lossless_bytes > 0 and reply.residual_bytes == 0  # frame method: no residual needed
                 assert node.metrics.registry.get_sample_value("icmh_edge_lossless_requests_total",
                                                               {"result": "ok"}) == 1
+                if policy == "eager":
+                    human = decode_png(get_frame(server.port, "cam-o", first + 1, HUMAN).png)
+                    base = server.index.base_layer("cam-o", first + 1)
+                    assert np.array_equal(human, codec.decode_human(base, node.store.residual(first + 1)))
             finally:
                 node.close()
         wait_for(lambda: server.sessions.get("cam-o") is None, what="the edge to go offline")

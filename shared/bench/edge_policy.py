@@ -11,7 +11,8 @@ span, so CPU / wall time says how many cores a camera keeps busy. Storage = byte
 store keeps per frame (kept frame + its base layer, + the residual layer under eager), and per hour
 at 1 fps and at the sustained fps. Inspection latency (first ``inspect`` frames) = the edge's answer
 to a layer request (:class:`icmh.edge.layers.InspectionLayers`: a store read, or coding the residual
-under lazy) plus the cloud's exact decode of the frame; network time is not included.
+under lazy) plus the cloud's decode of the frame (HUMAN: the view's float synthesis, the cloud's default;
+ORIGINAL: exact); network time is not included.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _inspect(codec: ScalableCodec, store: EdgeStore, metrics: EdgeMetrics, ids: 
     for frame_id in ids:
         residual, edge_s = _timed(lambda f=frame_id: layers.residual(f))
         base = store.frame(frame_id).base
-        _, decode_s = _timed(lambda b=base, r=residual: codec.decode_human(b, r))
+        _, decode_s = _timed(lambda b=base, r=residual: codec.decode_human(b, r, exact_pixels=False))
         human.append((edge_s, decode_s))
         layer, edge_s = _timed(lambda f=frame_id: layers.lossless(f))
         _, decode_s = _timed(lambda b=base, f=layer: codec.decode_original(b, f))

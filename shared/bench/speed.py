@@ -52,6 +52,8 @@ CLASSICAL_QUALITY = 75
 DEFAULT_SIZES = ((640, 360), (1280, 720))
 BASE_ENCODE, MACHINE_DECODE = "sa-icm encode (base)", "sa-icm decode (machine)"
 RESIDUAL_ENCODE, HUMAN_DECODE = "{} encode (residual)", "{} decode (human: base + residual)"
+#: the same decodes with float synthesis (``exact_pixels=False``): the detector's input and operator views
+MACHINE_VIEW, HUMAN_VIEW = "sa-icm decode (machine, float pixels)", "{} decode (human view, float pixels)"
 DETECTOR_STAGE = "yolov8n detect (on machine image)"
 #: issue 10: goal -> (stage-name template, at most this multiple of the detector's time on the same frames)
 GOALS = {
@@ -59,10 +61,13 @@ GOALS = {
     "exact machine decode": (MACHINE_DECODE, 4.0),
     "residual encode": (RESIDUAL_ENCODE, 2.0),
     "human decode": (HUMAN_DECODE, 8.0),
+    "human view decode": (HUMAN_VIEW, 8.0),
 }
 GOAL_SIZE, GOAL_THREADS = "1280x720", 2
 RATIO_TICKS = (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
-GOAL_NOTES = {"residual encode": "or the edge runs the lazy residual policy (residual coded only on request)"}
+GOAL_NOTES = {"residual encode": "or the edge runs the lazy residual policy (residual coded only on request)",
+              "human view decode": "what an operator's QUALITY_HUMAN view costs: float synthesis (the cloud's "
+                                   "default; --exact-views for exact pixels); the latents decode exactly"}
 
 
 @dataclass
@@ -136,6 +141,7 @@ def _stages(frames: list[np.ndarray], learned: LearnedCodecs, rate: float, detec
     stages = [
         Stage(BASE_ENCODE, lambda i: base.encode_base(frames[i], rate), encodes=True),
         Stage(MACHINE_DECODE, lambda i: base.decode_machine(results[BASE_ENCODE][i].data)),
+        Stage(MACHINE_VIEW, lambda i: base.decode_machine(results[BASE_ENCODE][i].data, exact_pixels=False)),
     ]
     for name in RESIDUAL_CODECS:
         if (codec := learned.codec(name)) is None:
@@ -145,6 +151,8 @@ def _stages(frames: list[np.ndarray], learned: LearnedCodecs, rate: float, detec
                                                                       rate), True))
         stages.append(Stage(dec, lambda i, c=codec, e=enc: c.decode_human(results[BASE_ENCODE][i].data,
                                                                           results[e][i])))
+        stages.append(Stage(HUMAN_VIEW.format(name), lambda i, c=codec, e=enc: c.decode_human(
+            results[BASE_ENCODE][i].data, results[e][i], exact_pixels=False)))
     if (single := learned.codec("single")) is not None:
         stages.append(Stage("single encode", lambda i: single.encode_base(frames[i], rate), encodes=True))
         stages.append(Stage("single decode", lambda i: single.decode_machine(results["single encode"][i].data)))
@@ -212,7 +220,7 @@ def stage_macs(learned: LearnedCodecs) -> dict[str, float]:
     """MACs per pixel of the networks each learned stage runs (the AVIF codec's own work is not counted)."""
     nets = {layer: model_macs(loaded.model) for layer, loaded in learned.layers.items()}
     base = nets["base"]
-    out = {BASE_ENCODE: base["encoder"], MACHINE_DECODE: base["decoder"]}
+    out = {BASE_ENCODE: base["encoder"], MACHINE_DECODE: base["decoder"], MACHINE_VIEW: base["decoder"]}
     # residual -> (its weights layer, base work its encode needs, base work its human decode needs)
     needs = {"pr-icmh": ("pr", base["synthesis"], base["decoder"]),
              "fr-icmh": ("fr", 0.0, base["decoder"] - base["synthesis"]),
@@ -222,7 +230,7 @@ def stage_macs(learned: LearnedCodecs) -> dict[str, float]:
             continue
         own = nets[layer] if layer else {"encoder": 0.0, "decoder": 0.0}
         out[RESIDUAL_ENCODE.format(name)] = encode_base + own["encoder"]
-        out[HUMAN_DECODE.format(name)] = decode_base + own["decoder"]
+        out[HUMAN_DECODE.format(name)] = out[HUMAN_VIEW.format(name)] = decode_base + own["decoder"]
     if "single" in nets:
         out["single encode"], out["single decode"] = nets["single"]["encoder"], nets["single"]["decoder"]
     return out
@@ -258,7 +266,8 @@ def run_speed(
                     f"{options.threads}; JPEG/WebP via OpenCV at quality {CLASSICAL_QUALITY}, RGB in and out like "
                     "the learned codecs (colour conversion included); residual encode times exclude the base "
                     "encode but include the exact machine image PR and AVIF residuals are coded against; human "
-                    "decode times include decoding the base; vs_detector ratios are medians over the same frames",
+                    "decode times include decoding the base; 'float pixels' stages decode the same latents with "
+                    "float synthesis (bfloat16 where native); vs_detector ratios are medians over the same frames",
         "goals": {"size": GOAL_SIZE, "threads": GOAL_THREADS, "reference": DETECTOR_STAGE,
                   "at_most": {goal: limit for goal, (_, limit) in GOALS.items()}, "notes": GOAL_NOTES},
         "runs": runs,

@@ -50,6 +50,7 @@ class _ExactSwitch(threading.local):
 
     enabled = True
     kernel = "int8"
+    pixels = True
 
 
 _switch = _ExactSwitch()
@@ -64,6 +65,27 @@ def exact_arithmetic(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _switch.enabled = previous
+
+
+@contextlib.contextmanager
+def exact_synthesis(enabled: bool) -> Iterator[None]:
+    """Whether the synthesis transforms (the pixels) take the exact path in the calling thread.
+
+    Off, they run in float arithmetic (bfloat16 where the CPU has it natively, :mod:`icmh.codec.precision`): several
+    times faster, within a level or two of the exact pixels, but machine-dependent. Only pixels change: the latents
+    and everything the entropy decoding needs stay exact, so every layer still decodes.
+    """
+    previous = _switch.pixels
+    _switch.pixels = enabled
+    try:
+        yield
+    finally:
+        _switch.pixels = previous
+
+
+def fast_synthesis_requested() -> bool:
+    """Whether the calling thread asked for float pixels (:func:`exact_synthesis`) while the exact path is on."""
+    return _switch.enabled and not _switch.pixels
 
 
 @contextlib.contextmanager

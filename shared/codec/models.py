@@ -37,7 +37,8 @@ from compressai.latent_codecs import (
 from compressai.models import CompressionModel
 from torch import Tensor
 
-from .precision import analysis_autocast, bf16_autocast
+from .exact import exact_arithmetic, fast_synthesis_requested
+from .precision import bf16_autocast, float_autocast
 from .rate import GainUnit
 from .transforms import (
     ConditionalSynthesis,
@@ -259,11 +260,17 @@ class ChannelARCodec(CompressionModel):
         return bf16_autocast(self.train_precision == "bf16")
 
     def synthesis(self, y_hat: Tensor, *side: Tensor) -> Tensor:
-        """g_s (exact integer arithmetic in eval mode; see :mod:`icmh.codec.exact`)."""
-        if not self.training:
+        """g_s: exact integer arithmetic in eval mode (:mod:`icmh.codec.exact`), unless the caller asked for fast
+        pixels (:func:`~icmh.codec.exact.exact_synthesis`): then float, channels-last, in the precision of
+        :mod:`icmh.codec.precision`."""
+        if self.training:
+            with self._train_autocast():
+                return self.g_s(y_hat, *side).float()
+        if not fast_synthesis_requested():
             return self.g_s(y_hat, *side)
-        with self._train_autocast():
-            return self.g_s(y_hat, *side).float()
+        inputs = [t.contiguous(memory_format=torch.channels_last) for t in (y_hat, *side)]
+        with exact_arithmetic(False), float_autocast():
+            return self.g_s(*inputs).float().contiguous()
 
     def analysis(self, x: Tensor) -> Tensor:
         """g_a on channels-last ``x`` (a no-op for frames from ``image_to_tensor``, already channels-last; a copy of
@@ -272,7 +279,7 @@ class ChannelARCodec(CompressionModel):
         The encoder runs in float, so the layout changes no guarantee. In eval mode it runs in the precision of
         :mod:`icmh.codec.precision` (bfloat16 where the CPU has it natively), in training in ``train_precision``."""
         x = x.contiguous(memory_format=torch.channels_last)
-        with self._train_autocast() if self.training else analysis_autocast():
+        with self._train_autocast() if self.training else float_autocast():
             return self.g_a(x).float()
 
     # -- coding of the (gained) latent -------------------------------------------------
