@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import classical_residual, lossless
@@ -34,16 +33,21 @@ LOSSLESS_HASH = bytes(DIGEST_BYTES)
 
 
 def image_to_tensor(image: np.ndarray) -> tuple[Tensor, int, int]:
-    """uint8 HxWx3 -> padded float tensor (replicate padding to the alignment)."""
+    """uint8 HxWx3 -> padded float tensor (replicate padding to the alignment), channels-last.
+
+    The padding is done on the uint8 pixels (``np.pad``, edge mode: the same values as replicate-padding the
+    float tensor), which keeps the channels-last layout the analysis transforms run in: at 1280x720 ~2 ms
+    instead of ~15 ms for ``F.pad`` and the layout copy after it.
+    """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError("image must be a uint8 array of shape (H, W, 3)")
     h, w = image.shape[:2]
-    pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()  # torch refuses read-only views
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div_(255.0)
     pad_h, pad_w = (-h) % ALIGNMENT, (-w) % ALIGNMENT
     if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x, pad_h, pad_w
+        pixels = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    else:  # torch refuses read-only views
+        pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div_(255.0), pad_h, pad_w
 
 
 def tensor_to_image(x: Tensor, height: int, width: int) -> np.ndarray:
