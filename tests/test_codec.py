@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import struct
@@ -279,6 +280,22 @@ def test_fast_pixels_decode_the_same_latent_and_nearly_the_same_image() -> None:
     data = codec.encode_base(image, 0.5).data
     exact, fast = codec.decode_machine(data), codec.decode_machine(data, exact_pixels=False)
     assert np.abs(exact.astype(int) - fast.astype(int)).max() <= 2
+
+
+def test_pr_residual_coded_against_the_float_machine_image_decodes_as_well(shared_dir: Path) -> None:
+    """Shipped weights: the PR encoder's float32 x̂_m is within a fraction of a level of the exact one, and the
+    human image decoded with the exact x̂_m is as good as if the encoder had used that one."""
+    codec = ScalableCodec.from_weights()
+    image = kodak(shared_dir, "05.png")[:192, :256]
+    base = codec.encode_base(image, 0.5)
+    assert float((base.float_machine() - base.machine).abs().max()) * 255 < 0.5
+    residual = codec.encode_residual(image, base, 0.8)
+    exact_reference = dataclasses.replace(base)
+    exact_reference.float_machine = lambda: exact_reference.machine  # type: ignore[method-assign]
+    reference = codec.encode_residual(image, exact_reference, 0.8)
+    assert residual != reference  # the encoder did take the float image
+    quality, ideal = (psnr(image, codec.decode_human(base.data, r)) for r in (residual, reference))
+    assert abs(quality - ideal) < 0.05 and quality > psnr(image, codec.decode_machine(base.data)) + 3
 
 
 @pytest.mark.parametrize("mode", ["pr", "fr"])

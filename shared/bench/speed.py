@@ -3,8 +3,8 @@
 Frames come from the street camera video at 640x360 (native) and are resized for other sizes
 (1280x720 is upsampled). Each stage runs once untimed as a warm-up, then once per frame; fps is
 1 / mean time. A residual encode starts from a fresh copy of the frame's base encoding, so it
-includes what it needs from the base besides its bitstream (the exact machine image, for PR and
-AVIF), as on the edge; a human decode includes decoding the base layer.
+includes what it needs from the base besides its bitstream (the machine image: float32 for PR, exact
+for AVIF), as on the edge; a human decode includes decoding the base layer.
 
 Every run also gives each goal stage's median time as a multiple of the detector's median time on
 the same frames (yolov8n at the cloud's settings): absolute times vary between machines and loads,
@@ -265,9 +265,10 @@ def run_speed(
         "protocol": f"{len(source)} frames per size, one untimed warm-up per stage, torch and OpenCV threads = "
                     f"{options.threads}; JPEG/WebP via OpenCV at quality {CLASSICAL_QUALITY}, RGB in and out like "
                     "the learned codecs (colour conversion included); residual encode times exclude the base "
-                    "encode but include the exact machine image PR and AVIF residuals are coded against; human "
-                    "decode times include decoding the base; 'float pixels' stages decode the same latents with "
-                    "float synthesis (bfloat16 where native); vs_detector ratios are medians over the same frames",
+                    "encode but include the machine image PR (float32) and AVIF (exact) residuals are coded "
+                    "against; human decode times include decoding the base; 'float pixels' stages decode the same "
+                    "latents with float synthesis (bfloat16 where native); vs_detector ratios are medians over the "
+                    "same frames",
         "goals": {"size": GOAL_SIZE, "threads": GOAL_THREADS, "reference": DETECTOR_STAGE,
                   "at_most": {goal: limit for goal, (_, limit) in GOALS.items()}, "notes": GOAL_NOTES},
         "runs": runs,
