@@ -126,7 +126,7 @@ def test_lazy_edge_serves_human_quality_over_grpc(tmp_path: Path, tiny_weights: 
             reply = get_frame(server.port, "cam-l", 2, operator_pb2.QUALITY_HUMAN)
             assert reply.residual_bytes == len(eager)
         assert server.index.base_layer("cam-l", 2) == codec.encode_base(captured[1], 0.5).data
-        assert np.array_equal(decode_png(reply.png), codec.decode_human(base, eager))
+        assert np.array_equal(decode_png(reply.png), codec.decode_human(base, eager, exact_pixels=False))  # a view
         samples = node.metrics.registry.get_sample_value
         assert samples("icmh_edge_encode_seconds_count", {"layer": "residual_on_request"}) == 1
         assert samples("icmh_edge_encode_seconds_count", {"layer": "frame"}) == 2

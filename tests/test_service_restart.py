@@ -92,7 +92,8 @@ def test_edge_restart_keeps_residual_store_and_numbering(tmp_path: Path, tiny_we
             wait_for(lambda: frame_ids(jsonl, "cam-e") == [1, 2, 3, 4, 5], what="the second run's results")
             human = decode_png(get_frame(server.port, "cam-e", 2, operator_pb2.QUALITY_HUMAN).png)
             codec = ScalableCodec.from_weights(tiny_weights, mode="pr")
-            expected = codec.decode_human(server.index.base_layer("cam-e", 2), node.store.residual(2))
+            expected = codec.decode_human(server.index.base_layer("cam-e", 2), node.store.residual(2),
+                                          exact_pixels=False)  # the cloud's view
             assert np.array_equal(human, expected)
         finally:
             node.close()
