@@ -118,6 +118,8 @@ def test_cloud_and_edge_flags_default_to_their_settings(monkeypatch: pytest.Monk
                 assert len(value) == len(default), name
             else:
                 assert value == default, name
+    assert cloud_cli.settings_from_args(cloud_cli.build_parser().parse_args(["--camera", "cam=t", "--exact-views"]))\
+        .exact_views
 
 
 def test_service_command_lines_load_without_torch() -> None:
