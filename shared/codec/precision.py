@@ -9,8 +9,9 @@ dot products (AVX512-BF16, AMX), runs faster: at 1280x720 on 2 cores of an Intel
 ``speed_fp32_analysis.json``). Training has its own setting (``icmh train --precision``).
 
 The same setting governs the synthesis transforms when a decoder asks for fast rather than exact pixels
-(:func:`icmh.codec.exact.exact_synthesis`: the cloud's detector input and operator views): at 1280x720 the PR layer's
-synthesis takes ~0.36 s in bfloat16 against ~3 s exact, 0.01 dB lower PSNR, pixels within a level or two.
+(:func:`icmh.codec.exact.exact_synthesis`: the cloud's detector input and operator views): at 1280x720 on one
+thread the PR layer's synthesis took ~0.36 s in bfloat16 against ~3 s exact (back to back, the cores shared with a
+training run), 0.013 dB lower PSNR on a Kodak image, pixels within a level or two.
 
 ``auto`` (the default, or ``ICMH_ANALYSIS_PRECISION``) takes bfloat16 where oneDNN reports native support and
 float32 elsewhere; :func:`set_default_precision` sets it for the process, :func:`analysis_precision` for the
