@@ -2,28 +2,21 @@
 
 Under the lazy residual policy the capture loop keeps only the base layer and the captured
 frame (lossless WebP); the residual is coded here the first time the cloud asks, then kept in
-the store. It is the same bytes the eager policy would have coded at capture: the base layer is
-re-encoded from the exact stored frame at the base layer's own rate and must come out
-identical to the one sent (else the stored base layer is decoded and used instead, which gives
-the same latent), and the residual rate is the one that was due at capture.
+the store. It is the same bytes the eager policy would have coded at capture: the residual is
+coded against the stored base layer's decoded latent, which is bit for bit the latent the
+encoder had (the decoder networks are exact), at the residual rate that was due at capture.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 
-import numpy as np
-
 from icmh.codec import lossless
-from icmh.codec.api import BaseEncoding, ScalableCodec
+from icmh.codec.api import ScalableCodec
 from icmh.codec.bitstream import unpack
-from icmh.codec.rate import RATE_STEPS
 
 from .metrics import EdgeMetrics
 from .store import EdgeStore, StoredFrame
-
-log = logging.getLogger("icmh.edge.layers")
 
 
 class InspectionLayers:
@@ -48,18 +41,7 @@ class InspectionLayers:
         """The residual layer of a kept frame, identical to what the capture loop would have coded."""
         header, _ = unpack(kept.base)
         image = lossless.read_webp(kept.image, header.height, header.width)
-        return self.codec.encode_residual(image, self.base_of(image, kept), kept.residual_rate)
-
-    def base_of(self, image: np.ndarray, kept: StoredFrame) -> BaseEncoding:
-        """The base encoding of a kept frame: re-encoded and checked against the sent layer."""
-        header, _ = unpack(kept.base)
-        base = self.codec.encode_base(image, header.rate_index / RATE_STEPS)
-        if base.data == kept.base:
-            return base
-        log.warning("frame %d: re-encoded base layer differs from the one sent; decoding the stored one",
-                    kept.frame_id)
-        self.metrics.base_mismatch.inc()
-        return self.codec.open_base(kept.base)
+        return self.codec.encode_residual(image, self.codec.open_base(kept.base), kept.residual_rate)
 
     def lossless(self, frame_id: int) -> bytes | None:
         """The frame's lossless layer (the kept frame, bound to its base layer); None if evicted."""

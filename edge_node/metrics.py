@@ -34,10 +34,6 @@ class EdgeMetrics:
         )
         self.kept_frames = Gauge("icmh_edge_frame_store_frames", "Captured frames kept for inspection", registry=r)
         self.kept_frame_bytes = Gauge("icmh_edge_frame_store_bytes", "Bytes of captured frames kept", registry=r)
-        self.base_mismatch = Counter(
-            "icmh_edge_base_reencode_mismatch", "Lazy residuals whose re-encoded base differed from the sent one",
-            registry=r,
-        )
         self.reconnects = Counter("icmh_edge_reconnects", "Connection attempts after the first", registry=r)
         self.connected = Gauge("icmh_edge_connected", "1 while the cloud link is up", registry=r)
         self.base_rate = Gauge("icmh_edge_base_rate", "Current base-layer rate R", registry=r)

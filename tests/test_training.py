@@ -340,6 +340,24 @@ def test_wider_synthesis_warm_started_from_pr_icmh_ce_decodes_the_same_pixels(tm
     assert last.weight.grad[half.weight.shape[0]:].abs().sum() > 0
 
 
+def test_residual_blocks_warm_started_from_pr_icmh_cw_decode_the_same_pixels(tmp_path: Path) -> None:
+    """pr-icmh-cr from a pr-icmh-cw checkpoint: every tensor is taken as is, the new residual blocks start as the
+    identity (the same strings decode to the same pixels), and training moves their zero convolutions."""
+    torch.manual_seed(7)
+    plain = build_model("pr-icmh-cw-tiny")
+    torch.save({"model": plain.state_dict()}, tmp_path / "plain.pt")
+    deep = build_model("pr-icmh-cr-tiny")
+    assert warm_start(deep, tmp_path / "plain.pt") == len(dict(plain.named_parameters()))
+    assert sorted(deep.g_s.blocks) == ["0", "2"]  # a block width of 0 adds none
+    x_d, x_m, q = torch.rand(1, 3, 64, 64) - 0.5, torch.rand(1, 3, 64, 64), torch.tensor([100])
+    ym_hat = torch.randn(1, deep.machine_latent, 4, 4) * 4
+    _assert_decodes_alike(plain, deep, x_d, q, x_m, ym_hat)
+    deep.train()
+    deep(x_d, q, x_m, ym_hat)["x_hat"].square().mean().backward()
+    for block in deep.g_s.blocks.values():
+        assert block.body[-1].weight.grad.abs().sum() > 0
+
+
 def _assert_decodes_alike(narrow: torch.nn.Module, wide: torch.nn.Module, x: torch.Tensor, q: torch.Tensor,
                           *side: torch.Tensor) -> None:
     """``wide`` decodes ``narrow``'s strings of ``x`` to the same pixels (exact arithmetic)."""

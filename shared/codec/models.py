@@ -341,9 +341,12 @@ class ConditionalResidualCodec(ChannelARCodec):
     ``pr-icmh-c``, the new inputs of the entropy networks start at zero: it starts as that codec.
     """
 
-    def __init__(self, *, in_channels: int = 3, out_channels: int = 3, refine_width: int = 24, **kwargs: Any) -> None:
+    def __init__(
+        self, *, in_channels: int = 3, out_channels: int = 3, refine_width: int = 24,
+        synthesis_blocks: Sequence[int] = (), **kwargs: Any,
+    ) -> None:
         super().__init__(in_channels=in_channels + 3, out_channels=out_channels, **kwargs)
-        self.g_s = ConditionalSynthesis(self.g_s, refine_width)
+        self.g_s = ConditionalSynthesis(self.g_s, refine_width, synthesis_blocks)
 
     def forward(self, x: Tensor, q: Tensor, x_m: Tensor, ym_hat: Tensor | None = None) -> dict[str, Any]:
         y_hat, likelihoods = self._code_forward(self.analysis(torch.cat([x, x_m], dim=1)), q, ym_hat)
@@ -421,6 +424,14 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
         ConditionalResidualCodec,
         {**MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48, "machine_latent": 160},
     ),
+    # pr-icmh-cw with residual blocks after its 1/8- and 1/4-resolution synthesis stages (session 13; +15 k MAC/pixel
+    # on the decoder's 40 k); warm-started from pr-icmh-cw it starts as exactly that codec (the blocks start as the
+    # identity); encoder and entropy model unchanged
+    "pr-icmh-cr": (
+        ConditionalResidualCodec,
+        {**MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48, "synthesis_blocks": (128, 96),
+         "machine_latent": 160},
+    ),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # fr-icmh with a wider synthesis (session 11), warm-started from fr-icmh it starts as exactly that codec
@@ -448,6 +459,11 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
         ConditionalResidualCodec,
         {"width": 8, "synthesis_widths": (8, 8, 12), "refine_width": 32, "latent": 24, "num_slices": 3, "hyper": 8,
          "side": 16, "context": 8, "machine_latent": 40},
+    ),
+    "pr-icmh-cr-tiny": (
+        ConditionalResidualCodec,
+        {"width": 8, "synthesis_widths": (8, 8, 12), "refine_width": 32, "synthesis_blocks": (8, 0, 6), "latent": 24,
+         "num_slices": 3, "hyper": 8, "side": 16, "context": 8, "machine_latent": 40},
     ),
     "fr-icmh-tiny": (
         FeatureResidualCodec,

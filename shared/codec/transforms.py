@@ -102,20 +102,44 @@ def entropy_parameters(in_channels: int, slice_channels: int, extra_channels: in
     )
 
 
+class ResidualBlock(nn.Module):
+    """``h + conv(ReLU(conv(h)))``, two exact 3x3 convolutions (He et al., CVPR 2016; the synthesis of Cheng et al.,
+    CVPR 2020 has such blocks between its upsampling stages). The second convolution starts at zero, so a block
+    inserted into a trained synthesis is the identity until training moves it."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(exact_conv(channels, hidden), nn.ReLU(inplace=True), exact_conv(hidden, channels))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.body(h)
+
+
 class ConditionalSynthesis(nn.Module):
     """g_s of the conditional residual codec: a plain synthesis (``plain``), with the machine image x̂_m joined in.
 
     ``x̂_d = r + refine([r, x̂_m])`` with ``r = plain(ŷ_d)`` whose last hidden (half-resolution) features receive
     ``machine_half(x̂_m)``. The layers of ``plain`` keep their names (``0`` .. ``2k``), so an explicit PR-ICMH
     checkpoint loads into it; ``machine_half`` and the last layer of ``refine`` start at zero, which makes the
-    conditional codec start as exactly that PR-ICMH. Every layer is exact (decoder side).
+    conditional codec start as exactly that PR-ICMH. ``block_widths`` (coarse to fine, one per hidden stage, 0 for
+    none) put a :class:`ResidualBlock` of that hidden width after a stage (after ``machine_half`` joins the last
+    one): starting as the identity, they deepen a trained synthesis without changing what it decodes. Every layer is
+    exact (decoder side).
     """
 
-    def __init__(self, plain: nn.Sequential, refine_width: int = 24) -> None:
+    def __init__(self, plain: nn.Sequential, refine_width: int = 24, block_widths: Sequence[int] = ()) -> None:
         super().__init__()
         self.layers = len(plain)
         for name, layer in plain.named_children():
             self.add_module(name, layer)
+        stages = [layer.out_channels for layer in plain if isinstance(layer, nn.ConvTranspose2d)][:-1]
+        if len(block_widths) > len(stages):
+            raise ValueError(f"{len(block_widths)} block widths for {len(stages)} hidden stages")
+        self.blocks = nn.ModuleDict(
+            {str(i): ResidualBlock(stages[i], hidden) for i, hidden in enumerate(block_widths) if hidden}
+        )
         last = plain[-1]
         self.machine_half = exact_conv(3, last.in_channels, 5, stride=2)
         self.refine = nn.Sequential(
@@ -130,5 +154,11 @@ class ConditionalSynthesis(nn.Module):
         h = y
         for i in range(self.layers - 1):
             h = self._modules[str(i)](h)
-        r = self._modules[str(self.layers - 1)](h + self.machine_half(x_m))
+            if i % 2 == 0:  # a transposed convolution; its ReLU follows
+                continue
+            if i == self.layers - 2:
+                h = h + self.machine_half(x_m)
+            if (stage := str(i // 2)) in self.blocks:
+                h = self.blocks[stage](h)
+        r = self._modules[str(self.layers - 1)](h)
         return r + self.refine(torch.cat([r, x_m], dim=1))
