@@ -95,6 +95,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         validate_every=args.validate_every, max_minutes=args.max_minutes,
         init_from=Path(args.init_from) if args.init_from else None, architecture=args.architecture,
         background_weight=args.background_weight, feature_weight=args.feature_weight, precision=args.precision,
+        hard_rate=args.hard_rate,
     )
     Trainer(cfg).run()
 
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default=d("precision"), choices=("fp32", "bf16"),
                    help="arithmetic of the transforms g_a / g_s in training; bf16 is ~2x faster on CPUs with AMX "
                         "or AVX512-BF16, the entropy model stays fp32 (default %(default)s)")
+    t.add_argument("--hard-rate", action="store_true",
+                   help="fine-tune the decoder side on the rate of the rounded latent with the encoder frozen (the "
+                        "'hard' stage of soft-then-hard training, Guo et al., ICML 2021)")
     t.add_argument("--max-minutes", type=float, help="stop after this much wall time (default: no limit)")
     t.add_argument("--init-from", help="warm start from another checkpoint or weights file (tensors of the same "
                                        "shape; a larger tensor takes the old one's entries, widened so that the "

@@ -117,6 +117,10 @@ class Trainer:
         self.arch = cfg.architecture or KIND_ARCHITECTURE[cfg.kind]
         self.model = build_model(self.arch)
         self.model.train_precision = cfg.precision
+        if cfg.hard_rate:
+            self.model.use_hard_rate(True)
+            for p in self.model.encoder_parameters():
+                p.requires_grad_(False)
         self.base: ChannelARCodec | None = None
         self.base_layer: LoadedModel | None = None  # the frozen base with its identity (pr / fr)
         if cfg.kind in ("pr", "fr"):
