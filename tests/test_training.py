@@ -272,6 +272,7 @@ def test_hard_rate_counts_the_bits_the_range_coder_writes(shared_dir: Path) -> N
         model.eval()
     assert abs(estimates[True] - coded) < 0.02 * coded
     assert estimates[False] > 1.1 * coded
+    assert model.latent_codec.latent_codec["hyper"].quantizer == "noise"  # switched back
 
 
 def test_hard_rate_stage_trains_only_the_decoder_side(tmp_path: Path) -> None:

@@ -282,10 +282,12 @@ class ChannelARCodec(CompressionModel):
         the slice likelihoods of the range coder's symbols instead of the noisy proxy, which for the shipped PR
         layer overestimates the coded slices by ~18 % (a Kodak crop at R = 0.5). Rounding has no gradient, so
         this stage trains the decoder side (entropy model, synthesis) with the encoder frozen
-        (:meth:`encoder_parameters`)."""
+        (:meth:`encoder_parameters`). The hyper-synthesis then also sees the rounded ẑ, as in decoding (the rate
+        of ẑ, ~1 % of the bits, keeps its noisy proxy)."""
         for module in self.modules():
             if isinstance(module, SliceGaussianCodec):
                 module.hard_rate = enabled
+        self.latent_codec.latent_codec["hyper"].quantizer = "ste" if enabled else "noise"
 
     def synthesis(self, y_hat: Tensor, *side: Tensor) -> Tensor:
         """g_s: exact integer arithmetic in eval mode (:mod:`icmh.codec.exact`), unless the caller asked for fast
