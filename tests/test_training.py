@@ -275,6 +275,20 @@ def test_hard_rate_counts_the_bits_the_range_coder_writes(shared_dir: Path) -> N
     assert model.latent_codec.latent_codec["hyper"].quantizer == "noise"  # switched back
 
 
+def test_hard_rate_pulls_the_means_towards_the_latent() -> None:
+    """The hard rate's rounding passes gradients straight through: the rate still trains the means."""
+    model = build_model("sa-icm-tiny")
+    model.train()
+    model.use_hard_rate(True)
+    slice_codec = model.latent_codec.latent_codec["y"].latent_codec["y0"]
+    y = torch.randn(1, model.slice_channels, 4, 4) * 3
+    params = torch.randn(1, slice_codec.entropy_parameters[0].in_channels, 4, 4)
+    out = slice_codec(y, params)
+    (-torch.log2(out["likelihoods"]["y"]).sum()).backward()
+    means_layer = slice_codec.entropy_parameters[-1]
+    assert means_layer.weight.grad[model.slice_channels:].abs().sum() > 0  # the second half of the output: means
+
+
 def test_hard_rate_stage_trains_only_the_decoder_side(tmp_path: Path) -> None:
     """``--hard-rate``: a step moves the decoder side (synthesis, inverse gain) and no encoder parameter."""
     torch.manual_seed(9)

@@ -134,12 +134,20 @@ class SliceGaussianCodec(GaussianConditionalLatentCodec):
         super().__init__(gaussian_conditional=TableIndexGaussianConditional(None), **kwargs)
 
     def forward(self, y: Tensor, ctx_params: Tensor) -> dict[str, Any]:
-        """CompressAI's forward (``quantizer="ste"``); with ``hard_rate`` the likelihoods are those of the rounded
-        ``round(y - μ) + μ`` the range coder codes, not of ``y`` plus uniform noise."""
+        """CompressAI's forward (``quantizer="ste"``); with ``hard_rate`` the likelihoods are those of the symbols
+        ``round(y - μ)`` the range coder codes, not of ``y - μ`` plus uniform noise. The rounding passes gradients
+        straight through, so the rate still pulls the means μ towards y (a plain rounding would leave the means
+        without any gradient, and a run drifted to +12 % rate in 5,000 steps)."""
         scales_hat, means_hat = self._chunk(self.entropy_parameters(ctx_params))
-        noisy = self.training and not self.hard_rate
-        _, likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat, training=noisy)
-        return {"likelihoods": {"y": likelihoods}, "y_hat": quantize_ste(y - means_hat) + means_hat}
+        y_hat = quantize_ste(y - means_hat) + means_hat
+        gc = self.gaussian_conditional
+        if self.training and self.hard_rate:
+            likelihoods = gc._likelihood(y_hat, scales_hat, means_hat)
+            if gc.use_likelihood_bound:
+                likelihoods = gc.likelihood_lower_bound(likelihoods)
+        else:
+            _, likelihoods = gc(y, scales_hat, means=means_hat)
+        return {"likelihoods": {"y": likelihoods}, "y_hat": y_hat}
 
     def compress(self, y: Tensor, ctx_params: Tensor) -> dict[str, Any]:
         scales_hat, means_hat = self._chunk(self.entropy_parameters(ctx_params))
