@@ -470,6 +470,13 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
         {**MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48, "synthesis_blocks": (128, 96),
          "machine_latent": 160},
     ),
+    # pr-icmh-cr with a third residual block, 32 wide, after the half-resolution stage (where x̂_m joins; +18 k
+    # MAC/pixel); warm-started from pr-icmh-cr it starts as exactly that codec (registered in session 13, in training)
+    "pr-icmh-crh": (
+        ConditionalResidualCodec,
+        {**MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48,
+         "synthesis_blocks": (128, 96, 32), "machine_latent": 160},
+    ),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # fr-icmh with a wider synthesis (session 11), warm-started from fr-icmh it starts as exactly that codec
