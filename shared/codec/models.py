@@ -288,10 +288,10 @@ class ChannelARCodec(CompressionModel):
     def use_hard_rate(self, enabled: bool) -> None:
         """Train on the rate of the rounded latent (the second stage of "soft then hard", Guo et al., ICML 2021):
         the slice likelihoods of the range coder's symbols instead of the noisy proxy, which for the shipped PR
-        layer overestimates the coded slices by ~18 % (a Kodak crop at R = 0.5). Rounding has no gradient, so
-        this stage trains the decoder side (entropy model, synthesis) with the encoder frozen
-        (:meth:`encoder_parameters`). The hyper-synthesis then also sees the rounded ẑ, as in decoding (the rate
-        of ẑ, ~1 % of the bits, keeps its noisy proxy)."""
+        layer overestimates the coded slices by ~18 % (a Kodak crop at R = 0.5). As in that paper, the stage trains
+        the decoder side (entropy model, synthesis) with the encoder frozen (:meth:`encoder_parameters`; the
+        trainer's ``--hard-rate``). The hyper-synthesis then also sees the rounded ẑ, as in decoding (the rate of
+        ẑ, ~1 % of the bits, keeps its noisy proxy)."""
         for module in self.modules():
             if isinstance(module, SliceGaussianCodec):
                 module.hard_rate = enabled
