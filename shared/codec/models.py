@@ -442,6 +442,10 @@ MODEL_DEFAULTS_PR_L: dict[str, Any] = {
     "analysis_widths": (64, 96, 128), "synthesis_widths": (128, 96, 64), "gdn": True,
     "latent": 192, "num_slices": 3, "hyper": 96, "side": 192, "context": 96,
 }
+#: pr-icmh-cw: pr-icmh-l's codec with the entropy model seeing ŷ_m and a wider decoder (pr-icmh-cr and -crh add blocks)
+MODEL_DEFAULTS_PR_CW: dict[str, Any] = {
+    **MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48, "machine_latent": 160,
+}
 MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] = {
     # base layer: SA-ICM, N_m = 5 slices
     "sa-icm": (ImageCodec, {"width": 48, "latent": 160, "num_slices": 5}),
@@ -458,25 +462,14 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     # pr-icmh-ce with a wider decoder (session 11): half-resolution stage 64 -> 128 channels, full-resolution
     # refinement 24 -> 48; warm-started from pr-icmh-ce it starts as exactly that codec (``widened``), the encoder and
     # the entropy model are the same size (the edge's cost does not change)
-    "pr-icmh-cw": (
-        ConditionalResidualCodec,
-        {**MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48, "machine_latent": 160},
-    ),
+    "pr-icmh-cw": (ConditionalResidualCodec, MODEL_DEFAULTS_PR_CW),
     # pr-icmh-cw with residual blocks after its 1/8- and 1/4-resolution synthesis stages (session 13; +15 k MAC/pixel
     # on the decoder's 40 k); warm-started from pr-icmh-cw it starts as exactly that codec (the blocks start as the
     # identity); encoder and entropy model unchanged
-    "pr-icmh-cr": (
-        ConditionalResidualCodec,
-        {**MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48, "synthesis_blocks": (128, 96),
-         "machine_latent": 160},
-    ),
+    "pr-icmh-cr": (ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96)}),
     # pr-icmh-cr with a third residual block, 32 wide, after the half-resolution stage (where x̂_m joins; +18 k
     # MAC/pixel); warm-started from pr-icmh-cr it starts as exactly that codec (registered in session 13, in training)
-    "pr-icmh-crh": (
-        ConditionalResidualCodec,
-        {**MODEL_DEFAULTS_PR_L, "synthesis_widths": (128, 96, 128), "refine_width": 48,
-         "synthesis_blocks": (128, 96, 32), "machine_latent": 160},
-    ),
+    "pr-icmh-crh": (ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96, 32)}),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # fr-icmh with a wider synthesis (session 11), warm-started from fr-icmh it starts as exactly that codec
