@@ -38,9 +38,13 @@ def test_networks_of_a_registered_codec() -> None:
     # h_a: 3x3 conv 40->8 at 1/256, then 5x5 stride-2 convs 8->8 at 1/1024 and 1/4096
     assert macs["hyper_analysis"] == 8 * 40 * 9 / 256 + 8 * 8 * 25 / 1024 + 8 * 8 * 25 / 4096
     assert set(macs) == {*NETWORKS, "encoder", "decoder"}
-    assert all(macs[n] > 0 for n in NETWORKS if n != "machine_context") and macs["machine_context"] == 0
+    optional = ("machine_context", "spatial_context")
+    assert all(macs[n] > 0 for n in NETWORKS if n not in optional) and not any(macs[n] for n in optional)
     # the conditional-entropy residual codec's c(ŷ_m): 3x3 convs 40->8 and 8->8 at 1/256 of the pixels
     assert model_macs(build_model("pr-icmh-ce-tiny"))["machine_context"] == (8 * 40 * 9 + 8 * 8 * 9) / 256
+    # the checkerboard slices' context: a 5x5 conv 8->8 per slice over the whole latent (masked taps included),
+    # once per decode (the anchors' context is zero)
+    assert model_macs(build_model("pr-icmh-cb-tiny"))["spatial_context"] == 3 * 8 * 8 * 25 / 256
     assert macs["encoder"] == sum(macs[n] for n in ENCODER) and macs["decoder"] == sum(macs[n] for n in DECODER)
     assert model_macs(model, (64, 192)) == macs  # per pixel, whatever the (aligned) size
 

@@ -65,18 +65,23 @@ def conditional_codec(tiny_weights: Path, architecture: str = "pr-icmh-c-tiny") 
     base = ScalableCodec.from_weights(tiny_weights, mode="pr").base
     torch.manual_seed(4)
     model = build_model(architecture)
-    for layer in (model.g_s.machine_half, model.g_s.refine[-1]):
+    layers = [model.g_s.machine_half, model.g_s.refine[-1]]
+    if model.spatial_context:  # the spatial context's weights into the entropy parameters start at zero
+        layers += [codec.entropy_parameters[0] for codec in model.latent_codec.latent_codec["y"].latent_codec.values()]
+    for layer in layers:
         torch.nn.init.normal_(layer.weight, std=0.05)
     model.update(force=True)
     return ScalableCodec(base, prepare(model, architecture), mode="pr")
 
 
-@pytest.fixture(scope="module", params=["pr", "fr", "pr-conditional", "pr-conditional-entropy"])
+@pytest.fixture(scope="module", params=["pr", "fr", "pr-conditional", "pr-conditional-entropy", "pr-checkerboard"])
 def codec(request: pytest.FixtureRequest, tiny_weights: Path) -> ScalableCodec:
     if request.param == "pr-conditional":
         return conditional_codec(tiny_weights)
     if request.param == "pr-conditional-entropy":
         return conditional_codec(tiny_weights, "pr-icmh-ce-tiny")
+    if request.param == "pr-checkerboard":
+        return conditional_codec(tiny_weights, "pr-icmh-cb-tiny")
     return ScalableCodec.from_weights(tiny_weights, mode=request.param)
 
 

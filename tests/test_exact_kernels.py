@@ -20,6 +20,7 @@ from icmh.codec.exact import (
     ACT_LIMIT,
     ACT_PARTS,
     WEIGHT_PARTS,
+    ExactCheckerboardConv2d,
     ExactConv2d,
     ExactConvTranspose2d,
     exact_arithmetic,
@@ -219,6 +220,23 @@ def test_training_and_disabled_exact_path_are_plain_float32() -> None:
     with torch.no_grad(), exact_arithmetic(False):
         assert torch.equal(layer(x), plain)
     assert torch.equal(layer.train()(x), plain)
+
+
+def test_checkerboard_conv_ignores_its_masked_taps_in_both_kernels() -> None:
+    """The spatial context of the checkerboard slices: whatever the stored weight holds at the masked taps (the
+    centre and even offsets), both kernels compute the masked convolution, the same integers, as training does."""
+    torch.manual_seed(3)
+    layer = ExactCheckerboardConv2d(6, 5, 5, padding=2).eval()
+    x = torch.randn(1, 6, 7, 8)
+    before = both_kernels(layer, x)
+    with torch.no_grad():
+        layer.weight.add_(100.0 * (1 - layer.mask))  # only the masked taps change
+    fast, reference = both_kernels(layer, x)
+    assert torch.equal(fast, reference) and torch.equal(fast, before[0])
+    masked = F.conv2d(x.double(), (layer.weight * layer.mask).double(), layer.bias.double(), 1, 2)
+    assert (fast.double() - masked).abs().max() <= 2e-3 * masked.abs().max()
+    assert torch.equal(layer.train()(x), F.conv2d(x, layer.weight * layer.mask, layer.bias, 1, 2))
+    assert layer.mask[:, :, 2, 2].sum() == 0 and layer.mask[:, :, 1, 2].all() and not layer.mask[:, :, 0, 0].any()
 
 
 def test_weight_changes_refresh_the_integer_operands() -> None:

@@ -420,6 +420,47 @@ def test_residual_blocks_warm_started_from_pr_icmh_cw_decode_the_same_pixels(tmp
         assert block.body[-1].weight.grad.abs().sum() > 0
 
 
+def test_checkerboard_slices_warm_started_from_pr_icmh_cr_start_as_that_codec(tmp_path: Path) -> None:
+    """pr-icmh-cb from a pr-icmh-cr checkpoint: every tensor is taken, the spatial context enters the entropy
+    parameters through zero weights, so the training forward (same noise) gives the old codec's likelihoods and
+    pixels; in the exact path only the fixed-point scale of the widened input moves (latents within 1e-3). Training
+    then reaches the new weights."""
+    torch.manual_seed(7)
+    plain = build_model("pr-icmh-cr-tiny")
+    torch.save({"model": plain.state_dict()}, tmp_path / "plain.pt")
+    spatial = build_model("pr-icmh-cb-tiny")
+    assert warm_start(spatial, tmp_path / "plain.pt") == len(dict(plain.named_parameters()))
+    x_d, x_m, q = torch.rand(1, 3, 128, 192) - 0.5, torch.rand(1, 3, 128, 192), torch.tensor([100])
+    ym_hat = torch.randn(1, spatial.machine_latent, 8, 12) * 4
+    for model in (plain, spatial):
+        model.eval()
+        model.update(force=True)
+    outputs = []
+    with torch.no_grad():
+        for model in (plain, spatial):
+            torch.manual_seed(1)  # the noise of ẑ
+            outputs.append(model.train()(x_d, q, x_m, ym_hat))
+            model.eval()
+    a, b = outputs
+    assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["likelihoods"]["y"], b["likelihoods"]["y"])
+    with torch.no_grad():
+        coded_a, coded_b = plain.compress(x_d, q, x_m, ym_hat), spatial.compress(x_d, q, x_m, ym_hat)
+    assert len(coded_b["strings"]) == spatial.num_strings() == 2 * len(coded_a["strings"]) - 1
+    assert (coded_a["y_hat"] - coded_b["y_hat"]).abs().max() < 1e-3
+    spatial.train()
+    for _ in range(2):  # the first step reaches the zero weights, the second the context convolution behind them
+        spatial.zero_grad()
+        out = spatial(x_d, q, x_m, ym_hat)
+        bits = sum(-torch.log2(v).sum() for v in out["likelihoods"].values())
+        bits.backward()
+        with torch.no_grad():
+            for p in spatial.parameters():
+                if p.grad is not None:
+                    p -= 1e-3 * p.grad
+    for codec in spatial.latent_codec.latent_codec["y"].latent_codec.values():
+        assert codec.context_prediction.weight.grad.abs().sum() > 0
+
+
 def _assert_decodes_alike(narrow: torch.nn.Module, wide: torch.nn.Module, x: torch.Tensor, q: torch.Tensor,
                           *side: torch.Tensor) -> None:
     """``wide`` decodes ``narrow``'s strings of ``x`` to the same pixels (exact arithmetic)."""

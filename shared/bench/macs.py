@@ -30,12 +30,13 @@ COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, GDN)
 #: network -> the module-path component that names it in a ChannelARCodec
 NETWORKS = {
     "analysis": "g_a", "hyper_analysis": "h_a", "hyper_synthesis": "h_s",
-    "slice_context": "channel_context", "entropy_parameters": "entropy_parameters",
-    "machine_context": "machine_context", "synthesis": "g_s",
+    "slice_context": "channel_context", "spatial_context": "context_prediction",
+    "entropy_parameters": "entropy_parameters", "machine_context": "machine_context", "synthesis": "g_s",
 }
 #: networks each side runs: the encoder needs the side parameters and slice contexts to code the slices
-ENCODER = ("analysis", "hyper_analysis", "hyper_synthesis", "slice_context", "entropy_parameters", "machine_context")
-DECODER = ("hyper_synthesis", "slice_context", "entropy_parameters", "machine_context", "synthesis")
+ENCODER = ("analysis", "hyper_analysis", "hyper_synthesis", "slice_context", "spatial_context", "entropy_parameters",
+           "machine_context")
+DECODER = ("hyper_synthesis", "slice_context", "spatial_context", "entropy_parameters", "machine_context", "synthesis")
 PROBE_SIZE = (128, 128)
 
 

@@ -177,6 +177,10 @@ class _ExactMixin:
     def _use_exact(self) -> bool:
         return not self.training and _switch.enabled
 
+    def _effective_weight(self) -> Tensor:
+        """The weight the layer computes with (a masked convolution zeroes some of its taps)."""
+        return self.weight
+
     def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
         """The int8 kernel's GEMM plan of the integer weights."""
         raise NotImplementedError
@@ -187,7 +191,7 @@ class _ExactMixin:
         cached = self._cached
         if cached is not None and cached.key == key:
             return cached
-        w_int, scale = quantize_weight(self.weight, self._out_dim)
+        w_int, scale = quantize_weight(self._effective_weight(), self._out_dim)
         b = torch.zeros(self.out_channels) if bias is None else bias.detach().float()
         cached = _Operands(key, w_int, self._plan(w_int), scale, b)
         self._cached = cached
@@ -241,6 +245,28 @@ class ExactConv2d(_ExactMixin, nn.Conv2d):
         out_size = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
         return self._run(x, out_size, lambda x_int, w_int: F.conv2d(x_int, w_int, None, s, p), (0, h, 0, w),
                          (p, p, p, p))
+
+
+class ExactCheckerboardConv2d(ExactConv2d):
+    """Checkerboard-masked :class:`ExactConv2d` (He et al., "Checkerboard context model for efficient learned image
+    compression", CVPR 2021; CompressAI's ``CheckerboardMaskedConv2d``, mask type A): only taps at an odd offset
+    ``(i + j)`` from the centre, i.e. the anchors around a non-anchor position, count. The exact path quantises the
+    masked weight, so masked taps are exact zeros whatever the stored weight holds."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        mask = torch.ones_like(self.weight)
+        mask[:, :, 0::2, 0::2] = 0
+        mask[:, :, 1::2, 1::2] = 0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def _effective_weight(self) -> Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._use_exact():
+            return self._conv_forward(x, self._effective_weight(), self.bias)
+        return super().forward(x)
 
 
 class ExactConvTranspose2d(_ExactMixin, nn.ConvTranspose2d):

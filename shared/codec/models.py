@@ -31,6 +31,7 @@ import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.latent_codecs import (
     ChannelGroupsLatentCodec,
+    CheckerboardLatentCodec,
     GaussianConditionalLatentCodec,
     HyperLatentCodec,
     HyperpriorLatentCodec,
@@ -46,6 +47,7 @@ from .transforms import (
     ConditionalSynthesis,
     analysis_transform,
     channel_context,
+    checkerboard_context,
     entropy_parameters,
     hyper_analysis,
     hyper_synthesis,
@@ -157,22 +159,94 @@ class SliceGaussianCodec(GaussianConditionalLatentCodec):
         return {"strings": [y_strings], "shape": y.shape[2:4], "y_hat": y_hat}
 
 
+class CheckerboardSliceCodec(CheckerboardLatentCodec):
+    """One slice coded in two passes, anchors then non-anchors (He et al., "Checkerboard context model", CVPR 2021;
+    per channel group, the space-channel context of ELIC, He et al., CVPR 2022): CompressAI's checkerboard latent
+    codec around a :class:`SliceGaussianCodec`.
+
+    Two changes, neither of which changes a symbol: the spatial context is appended *after* the slice's other
+    inputs (channel context, hyperprior, machine context), so a codec warm-started from one without it keeps every
+    weight in place and starts with that input at zero (:func:`~icmh.training.trainer.widened`); and the anchors'
+    context is the zero tensor it is, without running the context convolution on an all-zero latent.
+    """
+
+    def __init__(self, entropy_parameters: nn.Module, context_prediction: nn.Module) -> None:
+        super().__init__(
+            latent_codec={"y": SliceGaussianCodec(quantizer="ste")},
+            entropy_parameters=entropy_parameters,
+            context_prediction=context_prediction,
+            forward_method="twopass",
+        )
+
+    def merge(self, y_ctx: Tensor, side_params: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.cat([side_params, y_ctx], dim=1)
+
+    def _pass_params(self, step: int, y_hat_: Tensor, side_params_: Tensor) -> Tensor:
+        """Entropy parameters of pass ``step`` (0: anchors, 1: non-anchors) over the unembedded half-width tensors."""
+        side = side_params_[step]
+        if step == 0:
+            ctx = side.new_zeros((side.shape[0], self.context_prediction.out_channels, *side.shape[2:]))
+        else:
+            ctx = self.unembed(self.context_prediction(self.embed(y_hat_)))[1]
+        return self.entropy_parameters(self.merge(ctx, side))
+
+    def _passes(self, y: Tensor, side_params: Tensor, code: Callable[..., dict[str, Any]]) -> tuple[Tensor, list]:
+        """``code(y_pass, params)`` for the anchors, then the non-anchors; the embedded ŷ and both outputs."""
+        n, c, h, w = y.shape
+        y_hat_ = side_params.new_zeros((2, n, c, h, w // 2))
+        side_params_, y_ = self.unembed(side_params), self.unembed(y)
+        outs = []
+        for step in range(2):
+            outs.append(out := code(y_[step], self._pass_params(step, y_hat_, side_params_)))
+            y_hat_[step] = out["y_hat"]
+        return self.embed(y_hat_), outs
+
+    def forward(self, y: Tensor, side_params: Tensor) -> dict[str, Any]:
+        """Training: CompressAI's two-pass forward. Eval: the passes of :meth:`compress` (the same symbols, the
+        networks run on the half-width tensors the coder sees), with the likelihoods instead of strings."""
+        if self.training:
+            return super().forward(y, side_params)
+        y_hat, outs = self._passes(y, side_params, self.latent_codec["y"])
+        likelihoods = self.embed(torch.stack([out["likelihoods"]["y"] for out in outs]))
+        return {"likelihoods": {"y": likelihoods}, "y_hat": y_hat}
+
+    def compress(self, y: Tensor, side_params: Tensor) -> dict[str, Any]:
+        y_hat, outs = self._passes(y, side_params, self.latent_codec["y"].compress)
+        return {"strings": [s for out in outs for s in out["strings"]], "shape": tuple(y.shape[1:]), "y_hat": y_hat}
+
+    def decompress(
+        self, strings: list[list[bytes]], shape: tuple[int, ...], side_params: Tensor, **kwargs: Any
+    ) -> dict[str, Any]:
+        if len(strings) != 2:
+            raise ValueError(f"a checkerboard slice has 2 strings, got {len(strings)}")
+        c, h, w = shape
+        y_hat_ = side_params.new_zeros((2, len(strings[0]), c, h, w // 2))
+        side_params_ = self.unembed(side_params)
+        for step in range(2):
+            params = self._pass_params(step, y_hat_, side_params_)
+            y_hat_[step] = self.latent_codec["y"].decompress([strings[step]], (h, w // 2), params)["y_hat"]
+        return {"y_hat": self.embed(y_hat_)}
+
+
 class SliceLatentCodec(ChannelGroupsLatentCodec):
-    """CompressAI's channel-groups codec, decoding from per-slice ``(H, W)`` shapes.
+    """CompressAI's channel-groups codec, decoding from per-slice ``(H, W)`` or ``(C, H, W)`` shapes.
 
     CompressAI 1.2.8 sums ``shape[k][0]`` to size the output, which fits codecs that
-    report ``(C, H, W)`` but not ``GaussianConditionalLatentCodec`` (``(H, W)``).
+    report ``(C, H, W)`` (:class:`CheckerboardSliceCodec`) but not ``GaussianConditionalLatentCodec`` (``(H, W)``).
     """
 
     def decompress(
-        self, strings: list[list[bytes]], shape: list[tuple[int, int]], side_params: Tensor, **kwargs: Any
+        self, strings: list[list[bytes]], shape: list[tuple[int, ...]], side_params: Tensor, **kwargs: Any
     ) -> dict[str, Any]:
         n = len(strings[0])
-        y_hat = side_params.new_zeros((n, sum(self.groups), *shape[0]))
+        per_slice = len(strings) // len(self.groups)
+        if per_slice * len(self.groups) != len(strings):
+            raise ValueError(f"{len(strings)} strings for {len(self.groups)} slices")
+        y_hat = side_params.new_zeros((n, sum(self.groups), *shape[0][-2:]))
         y_hat_ = y_hat.split(self.groups, dim=1)
         for k in range(len(self.groups)):
             params = self._get_ctx_params(k, side_params, y_hat_)
-            out = self.latent_codec[f"y{k}"].decompress([strings[k]], shape[k], params)
+            out = self.latent_codec[f"y{k}"].decompress(strings[per_slice * k: per_slice * (k + 1)], shape[k], params)
             y_hat_[k][:] = out["y_hat"]
         return {"y_hat": y_hat}
 
@@ -236,6 +310,7 @@ class ChannelARCodec(CompressionModel):
         context: int = 64,
         levels: int = 6,
         machine_latent: int = 0,
+        spatial_context: int = 0,
     ) -> None:
         super().__init__()
         coded = coded_slices or num_slices
@@ -259,16 +334,21 @@ class ChannelARCodec(CompressionModel):
             hyper_analysis(self.coded_channels, hyper),
             hyper_synthesis(hyper, side),
         )
+        # with ``spatial_context`` channels each slice is coded in two checkerboard passes (CheckerboardSliceCodec)
+        self.spatial_context = spatial_context
+
+        def slice_codec(k: int) -> nn.Module:
+            inputs = side + (context if k else 0)
+            if not spatial_context:
+                return SliceGaussianCodec(entropy_parameters=entropy_parameters(inputs, s, extra), quantizer="ste")
+            return CheckerboardSliceCodec(
+                entropy_parameters(inputs, s, extra + spatial_context), checkerboard_context(s, spatial_context)
+            )
+
         slices = SliceLatentCodec(
             groups=[s] * coded,
             channel_context={f"y{k}": channel_context(k * s, context) for k in range(1, coded)},
-            latent_codec={
-                f"y{k}": SliceGaussianCodec(
-                    entropy_parameters=entropy_parameters(side + (context if k else 0), s, extra),
-                    quantizer="ste",
-                )
-                for k in range(coded)
-            },
+            latent_codec={f"y{k}": slice_codec(k) for k in range(coded)},
         )
         self.latent_codec = ConditionedHyperpriorLatentCodec(latent_codec={"hyper": hyper_codec, "y": slices})
         # arithmetic of g_a and g_s while training (``icmh train --precision``); not part of the weights
@@ -346,10 +426,13 @@ class ChannelARCodec(CompressionModel):
         if height % ALIGNMENT or width % ALIGNMENT:
             raise ValueError(f"padded size must be a multiple of {ALIGNMENT}")
         y = (height // 16, width // 16)
+        if self.spatial_context:
+            y = (self.slice_channels, *y)
         return {"y": [y] * self.coded_slices, "hyper": (height // 64, width // 64)}
 
     def num_strings(self) -> int:
-        return self.coded_slices + 1
+        """One string per slice (two with the checkerboard: anchors, non-anchors) and one for ẑ."""
+        return self.coded_slices * (2 if self.spatial_context else 1) + 1
 
 
 class ImageCodec(ChannelARCodec):
@@ -470,6 +553,12 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     # pr-icmh-cr with a third residual block, 32 wide, after the half-resolution stage (where x̂_m joins; +18 k
     # MAC/pixel); warm-started from pr-icmh-cr it starts as exactly that codec (registered in session 13, in training)
     "pr-icmh-crh": (ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96, 32)}),
+    # pr-icmh-crh whose slices are coded in two checkerboard passes (session 14): a 128-channel spatial context of the
+    # anchors joins each slice's entropy parameters; warm-started from pr-icmh-crh (or -cr) it starts as exactly that
+    # codec's latents and pixels (the new input starts at zero); the transforms are unchanged
+    "pr-icmh-cb": (
+        ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96, 32), "spatial_context": 128},
+    ),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # fr-icmh with a wider synthesis (session 11), warm-started from fr-icmh it starts as exactly that codec
@@ -502,6 +591,11 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
         ConditionalResidualCodec,
         {"width": 8, "synthesis_widths": (8, 8, 12), "refine_width": 32, "synthesis_blocks": (8, 0, 6), "latent": 24,
          "num_slices": 3, "hyper": 8, "side": 16, "context": 8, "machine_latent": 40},
+    ),
+    "pr-icmh-cb-tiny": (
+        ConditionalResidualCodec,
+        {"width": 8, "synthesis_widths": (8, 8, 12), "refine_width": 32, "synthesis_blocks": (8, 0, 6), "latent": 24,
+         "num_slices": 3, "hyper": 8, "side": 16, "context": 8, "machine_latent": 40, "spatial_context": 8},
     ),
     "fr-icmh-tiny": (
         FeatureResidualCodec,

@@ -17,7 +17,7 @@ import torch.nn as nn
 from compressai.layers import GDN
 from torch import Tensor
 
-from .exact import ExactConv2d, ExactConvTranspose2d
+from .exact import ExactCheckerboardConv2d, ExactConv2d, ExactConvTranspose2d
 
 
 def conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
@@ -86,6 +86,12 @@ def machine_context(latent: int, width: int) -> nn.Sequential:
         exact_conv(latent, width), nn.ReLU(inplace=True),
         exact_conv(width, width),
     )
+
+
+def checkerboard_context(slice_channels: int, width: int, kernel: int = 5) -> ExactCheckerboardConv2d:
+    """Spatial context of one slice: features of its decoded anchors at the non-anchor positions (the checkerboard
+    context of He et al., CVPR 2021, per channel group as in ELIC, He et al., CVPR 2022; exact)."""
+    return ExactCheckerboardConv2d(slice_channels, width, kernel, padding=kernel // 2)
 
 
 def entropy_parameters(in_channels: int, slice_channels: int, extra_channels: int = 0) -> nn.Sequential:
