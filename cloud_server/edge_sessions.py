@@ -68,8 +68,10 @@ class EdgeSession:
     def send_config(self, config: common_pb2.EdgeConfig) -> bool:
         return self.send(edge_pb2.CloudMessage(config=config))
 
-    def request_residual(self, frame_id: int, timeout: float, lossless: bool = False) -> bytes:
-        """Ask the edge for a frame's residual layer (``lossless``: its lossless layer) and wait for it.
+    def request_residual(self, frame_id: int, timeout: float, lossless: bool = False,
+                         rate: float | None = None) -> bytes:
+        """Ask the edge for a frame's residual layer (``lossless``: its lossless layer; ``rate``: the residual at
+        that rate where the edge can code it, see ``ResidualRequest``) and wait for it.
 
         Raises EdgeOffline (stream closed, or no answer within ``timeout``) or ResidualNotFound.
         """
@@ -77,7 +79,8 @@ class EdgeSession:
         with self._lock:
             request_id = next(self._request_ids)
             self._pending[request_id] = future
-        request = edge_pb2.ResidualRequest(request_id=request_id, frame_id=frame_id, lossless=lossless)
+        request = edge_pb2.ResidualRequest(request_id=request_id, frame_id=frame_id, lossless=lossless,
+                                           residual_rate=rate)
         if not self.send(edge_pb2.CloudMessage(residual_request=request)):
             self._forget(request_id)
             raise EdgeOffline(f"edge of camera {self.camera_id} disconnected")

@@ -71,11 +71,13 @@ def cmd_frames(channel: grpc.Channel, args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(channel: grpc.Channel, args: argparse.Namespace) -> None:
-    request = operator_pb2.GetFrameRequest(camera_id=args.camera, frame_id=args.frame, quality=QUALITIES[args.quality])
+    request = operator_pb2.GetFrameRequest(camera_id=args.camera, frame_id=args.frame, quality=QUALITIES[args.quality],
+                                           residual_rate=args.residual_rate)
     reply = operator_pb2_grpc.OperatorStub(channel).GetFrame(request, timeout=args.timeout)
     args.output.write_bytes(reply.png)
     print(f"wrote {args.output} ({reply.frame.width}x{reply.frame.height}, {args.quality}): base {reply.base_bytes} B "
-          f"({reply.base_bpp:.4f} bpp), residual {reply.residual_bytes} B ({reply.residual_bpp:.4f} bpp)"
+          f"({reply.base_bpp:.4f} bpp), residual {reply.residual_bytes} B ({reply.residual_bpp:.4f} bpp"
+          + (f", R {reply.residual_rate:.2f})" if reply.residual_bytes else ")")
           + (f", lossless {reply.lossless_bytes} B" if reply.lossless_bytes else ""))
     print(format_detections(reply.detections))
 
@@ -159,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--camera", required=True)
     i.add_argument("--frame", type=int, required=True)
     i.add_argument("--quality", choices=sorted(QUALITIES), default="human")
+    i.add_argument("--residual-rate", type=float, metavar="R",
+                   help="human quality: the residual at rate R in [0, 1] (1: sharpest), coded for this inspection by "
+                        "an edge that kept the captured frame; default: the residual coded at capture")
     i.add_argument("-o", "--output", type=Path, required=True)
     i.set_defaults(func=cmd_inspect)
 

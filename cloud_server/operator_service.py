@@ -17,7 +17,8 @@ from typing import NamedTuple
 import grpc
 
 from icmh.codec import lossless
-from icmh.codec.bitstream import BitstreamError
+from icmh.codec.bitstream import BitstreamError, unpack
+from icmh.codec.rate import RATE_STEPS
 from icmh.rpc import common_pb2, operator_pb2, operator_pb2_grpc
 from icmh.service.edge_config import config_from_proto, config_to_proto
 from icmh.service.images import encode_png
@@ -40,28 +41,40 @@ MAX_LIST = 10_000
 
 
 class Decoded(NamedTuple):
-    """A frame decoded for an operator: its PNG and the bytes of the edge's layers it took."""
+    """A frame decoded for an operator: its PNG, the bytes of the edge's layers it took, the residual's rate."""
 
     png: bytes
     residual_bytes: int = 0
     lossless_bytes: int = 0
+    residual_rate: float = 0.0
+
+
+def residual_rate_of(layer: bytes) -> float:
+    """The rate R of a residual layer, from its header (0 for an unreadable one: decoding reports that)."""
+    try:
+        return unpack(layer)[0].rate_index / RATE_STEPS
+    except BitstreamError:
+        return 0.0
+
+
+CacheKey = tuple[str, int, int, float | None]
 
 
 class PngCache:
-    """Least-recently-used decoded frames: (camera, frame, quality) -> :class:`Decoded`."""
+    """Least-recently-used decoded frames: (camera, frame, quality, requested residual rate) -> :class:`Decoded`."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: collections.OrderedDict[tuple[str, int, int], Decoded] = collections.OrderedDict()
+        self._items: collections.OrderedDict[CacheKey, Decoded] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int, int]) -> Decoded | None:
+    def get(self, key: CacheKey) -> Decoded | None:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
             return self._items.get(key)
 
-    def put(self, key: tuple[str, int, int], value: Decoded) -> None:
+    def put(self, key: CacheKey, value: Decoded) -> None:
         if self.capacity <= 0:
             return
         with self._lock:
@@ -139,15 +152,19 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         quality = request.quality or Quality.QUALITY_MACHINE
         if quality not in (Quality.QUALITY_MACHINE, Quality.QUALITY_HUMAN, Quality.QUALITY_ORIGINAL):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown quality {quality}")
+        rate = request.residual_rate if request.HasField("residual_rate") else None
+        if rate is not None and (quality != Quality.QUALITY_HUMAN or not 0.0 <= rate <= 1.0):
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                  f"residual_rate must be in [0, 1] and goes with QUALITY_HUMAN only (got {rate:g})")
         record = self.index.frame(camera_id, frame_id)
         base = self.index.base_layer(camera_id, frame_id) if record else None
         if record is None or base is None:
             abort(context, grpc.StatusCode.NOT_FOUND,
                    f"camera {camera_id!r} has no frame {frame_id} in the index (not received, or removed by retention)")
-        key = (camera_id, frame_id, quality)
+        key = (camera_id, frame_id, quality, rate)
         cached = self.cache.get(key)
         if cached is None:
-            cached = self._decode(context, record, base, quality)
+            cached = self._decode(context, record, base, quality, rate)
             self.cache.put(key, cached)
         pixels = record.width * record.height
         return operator_pb2.GetFrameResponse(
@@ -155,10 +172,13 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             detections=[d.to_proto() for d in record.result.detections] if record.result else [],
             base_bytes=record.base_bytes, residual_bytes=cached.residual_bytes, base_bpp=record.base_bpp,
             residual_bpp=8.0 * cached.residual_bytes / pixels, lossless_bytes=cached.lossless_bytes,
+            residual_rate=cached.residual_rate,
         )
 
-    def _decode(self, context: grpc.ServicerContext, record: FrameRecord, base: bytes, quality: int) -> Decoded:
-        """A frame in the requested quality; aborts with a clear status."""
+    def _decode(self, context: grpc.ServicerContext, record: FrameRecord, base: bytes, quality: int,
+                rate: float | None = None) -> Decoded:
+        """A frame in the requested quality (HUMAN: with the residual at ``rate``, None: as captured); aborts with a
+        clear status."""
         if quality == Quality.QUALITY_MACHINE:
             start = time.perf_counter()
             image = self.codecs.decode_machine(base, self.exact_views)
@@ -166,7 +186,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             return Decoded(encode_png(image))
         if quality == Quality.QUALITY_ORIGINAL:
             return self._decode_original(context, record, base)
-        residual = self._fetch_residual(context, record.camera_id, record.frame_id)
+        residual = self._fetch_residual(context, record.camera_id, record.frame_id, rate=rate)
         start = time.perf_counter()
         try:
             image = self.codecs.decode_human(base, residual, self.exact_views)
@@ -174,7 +194,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             self.metrics.errors.labels("residual_decode").inc()
             abort(context, grpc.StatusCode.DATA_LOSS, f"residual of frame {record.frame_id} does not decode: {exc}")
         self.metrics.decode_seconds.labels("human").observe(time.perf_counter() - start)
-        return Decoded(encode_png(image), len(residual))
+        return Decoded(encode_png(image), len(residual), residual_rate=residual_rate_of(residual))
 
     def _decode_original(self, context: grpc.ServicerContext, record: FrameRecord, base: bytes) -> Decoded:
         """The captured frame, exactly: the edge's lossless layer (+ its residual layer if that layer refines it)."""
@@ -190,12 +210,13 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             abort(context, grpc.StatusCode.DATA_LOSS,
                    f"lossless layer of frame {record.frame_id} does not decode: {exc}")
         self.metrics.decode_seconds.labels("original").observe(time.perf_counter() - start)
-        return Decoded(encode_png(image), len(residual or b""), len(layer))
+        return Decoded(encode_png(image), len(residual or b""), len(layer),
+                       residual_rate_of(residual) if residual else 0.0)
 
     def _fetch_residual(self, context: grpc.ServicerContext, camera_id: str, frame_id: int,
-                        lossless_layer: bool = False) -> bytes:
-        """The frame's residual layer (or lossless layer) from its edge, whichever replica it streams to; aborts
-        when there is none."""
+                        lossless_layer: bool = False, rate: float | None = None) -> bytes:
+        """The frame's residual layer (at ``rate`` where the edge can code it) or lossless layer from its edge,
+        whichever replica it streams to; aborts when there is none."""
         session = self.sessions.get(camera_id)
         holder = self.replicas.holder(camera_id) if session is None and self.replicas is not None else None
         if session is None and holder is None:
@@ -206,11 +227,11 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         start = time.perf_counter()
         try:
             if session is not None:
-                residual = session.request_residual(frame_id, self.residual_timeout_s, lossless_layer)
+                residual = session.request_residual(frame_id, self.residual_timeout_s, lossless_layer, rate)
             else:
                 assert self.router is not None and holder is not None
                 residual = self.router.fetch_layer(holder, camera_id, frame_id, lossless_layer,
-                                                   self.residual_timeout_s)
+                                                   self.residual_timeout_s, rate)
         except EdgeOffline as exc:
             self.metrics.errors.labels("edge_offline").inc()
             abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))

@@ -52,9 +52,12 @@ class ReplicaRouter:
                 self._channels[address] = (channel, replica_pb2_grpc.ReplicaLinkStub(channel))
             return self._channels[address][1]
 
-    def fetch_layer(self, holder: Holder, camera_id: str, frame_id: int, lossless: bool, timeout_s: float) -> bytes:
-        """The frame's residual (``lossless``: lossless) layer from the edge streaming to ``holder``."""
-        request = replica_pb2.FetchLayerRequest(camera_id=camera_id, frame_id=frame_id, lossless=lossless)
+    def fetch_layer(self, holder: Holder, camera_id: str, frame_id: int, lossless: bool, timeout_s: float,
+                    rate: float | None = None) -> bytes:
+        """The frame's residual (``lossless``: lossless; ``rate``: at that residual rate) layer from the edge
+        streaming to ``holder``."""
+        request = replica_pb2.FetchLayerRequest(camera_id=camera_id, frame_id=frame_id, lossless=lossless,
+                                                residual_rate=rate)
         try:
             response = self._stub(holder.address).FetchLayer(request, timeout=timeout_s + CALL_MARGIN_S)
         except grpc.RpcError as exc:

@@ -48,7 +48,8 @@ class ReplicaLinkService(replica_pb2_grpc.ReplicaLinkServicer):
             abort(context, grpc.StatusCode.UNAVAILABLE,
                    f"edge of camera {request.camera_id} is not connected to replica {self.replica_id}")
         try:
-            layer = session.request_residual(request.frame_id, self.residual_timeout_s, request.lossless)
+            rate = request.residual_rate if request.HasField("residual_rate") else None
+            layer = session.request_residual(request.frame_id, self.residual_timeout_s, request.lossless, rate)
         except EdgeOffline as exc:
             abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         except ResidualNotFound as exc:

@@ -380,7 +380,8 @@ class CloudLink:
             elif request.lossless:
                 data = self.layers.lossless(request.frame_id)
             else:
-                data = self.layers.residual(request.frame_id)
+                rate = request.residual_rate if request.HasField("residual_rate") else None
+                data = self.layers.residual(request.frame_id, rate)
         except Exception:  # a corrupt stored frame must not end the link: the cloud gets NOT_FOUND
             log.exception("frame %d: cannot produce the requested layer", request.frame_id)
             counter.labels("error").inc()

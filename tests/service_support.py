@@ -88,8 +88,9 @@ def operator(port: int, token: str | None = OPERATOR_TOKEN) -> operator_pb2_grpc
 
 
 def get_frame(port: int, camera_id: str, frame_id: int, quality: int,
-              token: str | None = OPERATOR_TOKEN) -> operator_pb2.GetFrameResponse:
-    request = operator_pb2.GetFrameRequest(camera_id=camera_id, frame_id=frame_id, quality=quality)
+              token: str | None = OPERATOR_TOKEN, residual_rate: float | None = None) -> operator_pb2.GetFrameResponse:
+    request = operator_pb2.GetFrameRequest(camera_id=camera_id, frame_id=frame_id, quality=quality,
+                                           residual_rate=residual_rate)
     return operator(port, token).GetFrame(request, timeout=30)
 
 

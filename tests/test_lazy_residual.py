@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from service_support import FRAME_SIZE, VIDEO, edge_settings, frame_ids, get_frame, start_cloud, start_edge, wait_for
@@ -51,6 +52,27 @@ def test_lazy_residual_equals_the_eager_one(tiny_weights: Path, tmp_path: Path, 
         assert store.residual(lazy_id) == eager["residual"]  # kept: the next request reads it
         assert np.array_equal(codec.decode_original(lazy["base"], layers.lossless(lazy_id)), image)
     assert metrics.registry.get_sample_value("icmh_edge_encode_seconds_count", {"layer": "residual_on_request"}) == 2
+    store.close()
+
+
+def test_requested_residual_rate_is_coded_from_the_kept_frame_and_not_kept(tiny_weights: Path, tmp_path: Path,
+                                                                          frames: list[np.ndarray]) -> None:
+    """An operator's residual rate: coded from the kept frame on the sent base layer; the store keeps the layer of
+    the capture-time rate (which the lossless layer refines). Without the kept frame, the stored layer answers."""
+    codec = ScalableCodec.from_weights(tiny_weights, mode="pr")
+    store = EdgeStore(tmp_path / "edge.db")
+    layers = InspectionLayers(codec, store, EdgeMetrics())
+    image = frames[0]
+    lazy_id, lazy = capture(codec, store, "lazy", image, 0.5, 0.4)
+    sent = codec.open_base(lazy["base"])
+    assert layers.residual(lazy_id, 1.0) == codec.encode_residual(image, sent, 1.0)
+    assert store.residual(lazy_id) is None  # not kept
+    assert layers.residual(lazy_id, 0.4) == codec.encode_residual(image, sent, 0.4) == store.residual(lazy_id)
+    assert layers.residual(lazy_id, 0.9) == codec.encode_residual(image, sent, 0.9)  # stored one has another rate
+    eager_id = store.add_frame(0, 0.5, lazy["base"], codec.encode_residual(image, sent, 0.4), None, 0.4)
+    assert layers.residual(eager_id, 1.0) == store.residual(eager_id)  # no captured frame: the stored layer
+    with pytest.raises(ValueError, match="rate"):
+        layers.residual(lazy_id, 1.5)
     store.close()
 
 
@@ -125,8 +147,20 @@ def test_lazy_edge_serves_human_quality_over_grpc(tmp_path: Path, tiny_weights: 
             assert reply.residual_bytes == len(eager)
         assert server.index.base_layer("cam-l", 2) == codec.encode_base(captured[1], 0.5).data
         assert np.array_equal(decode_png(reply.png), codec.decode_human(base, eager, exact_pixels=False))  # a view
+        assert reply.residual_rate == pytest.approx(round(0.7 * 255) / 255)
+        # an operator asks for the sharpest view: coded at that rate for the request, from the kept frame
+        sharp = get_frame(server.port, "cam-l", 2, operator_pb2.QUALITY_HUMAN, residual_rate=1.0)
+        at_one = codec.encode_residual(captured[1], codec.open_base(base), 1.0)
+        assert (sharp.residual_rate, sharp.residual_bytes) == (1.0, len(at_one)) and at_one != eager
+        assert np.array_equal(decode_png(sharp.png), codec.decode_human(base, at_one, exact_pixels=False))
+        assert get_frame(server.port, "cam-l", 2, operator_pb2.QUALITY_HUMAN).residual_bytes == len(eager)
+        for quality, rate in ((operator_pb2.QUALITY_HUMAN, 1.5), (operator_pb2.QUALITY_MACHINE, 0.5)):
+            with pytest.raises(grpc.RpcError) as refused:
+                get_frame(server.port, "cam-l", 2, quality, residual_rate=rate)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         samples = node.metrics.registry.get_sample_value
         assert samples("icmh_edge_encode_seconds_count", {"layer": "residual_on_request"}) == 1
+        assert samples("icmh_edge_encode_seconds_count", {"layer": "residual_at_requested_rate"}) == 1
         assert samples("icmh_edge_encode_seconds_count", {"layer": "frame"}) == 2
     finally:
         node.close()

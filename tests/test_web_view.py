@@ -197,10 +197,18 @@ def test_inspector_opens_a_frame_in_human_and_original_quality(site: Site) -> No
         assert (decode_png(shown_png(human)) == decode_png(reply.png)).all()  # the cloud's human-quality pixels
         info = human.locator(".info").inner_text()
         assert reply.residual_bytes > 0
-        assert f"residual {reply.residual_bytes} B ({reply.residual_bpp:.4f} bpp)" in info
+        assert f"residual {reply.residual_bytes} B ({reply.residual_bpp:.4f} bpp, R {reply.residual_rate:.2f})" in info
         assert f"base {reply.base_bytes} B" in info and re.search(r"inspection \d+ ms at the cloud", info)
         assert human.locator(".info").inner_text().startswith("human")
         screenshot(page, "inspect-human.png")
+
+        human.locator("select.quality").select_option("human-sharpest")  # the residual at rate 1, coded for this view
+        page.wait_for_function("() => document.querySelector('.pane[data-pane=\"1\"] .info').textContent"
+                               ".includes('R 1.00')")
+        sharp = site.operator("inspector").GetFrame(operator_pb2.GetFrameRequest(
+            camera_id=CAMERA, frame_id=frame_id, quality=operator_pb2.QUALITY_HUMAN, residual_rate=1.0), timeout=30)
+        assert sharp.residual_rate == 1.0 and (decode_png(shown_png(pane_done(page, 1))) == decode_png(sharp.png)).all()
+        screenshot(page, "inspect-human-sharpest.png")
 
         machine.locator("select.quality").select_option("original")
         pane_done(page, 0)

@@ -1,7 +1,8 @@
 """The web view's HTTP routes: each one call (or a few) of the cloud's Operator / Detections API, made with the
 caller's own token.
 
-``GET /api/cameras`` · ``GET /api/frames?camera=&limit=&max_frame=`` · ``GET /api/frame?camera=&frame=&quality=`` ·
+``GET /api/cameras`` · ``GET /api/frames?camera=&limit=&max_frame=`` ·
+``GET /api/frame?camera=&frame=&quality=[&rate=]`` (``rate``: the residual rate of a human view) ·
 ``POST /api/config`` (JSON ``camera`` + rates) · ``GET /api/detections?camera=&class=&min_confidence=`` (NDJSON
 stream: ``{"result": ...}`` lines, ``{"ping": ms}`` while idle, an ``{"error": ...}`` line when the call ends
 in an error). Requests without ``Authorization: Bearer TOKEN`` get 401 here; gRPC refusals come back as HTTP
@@ -117,6 +118,20 @@ def caller_metadata(request: Request) -> tuple[tuple[str, str], ...]:
     return bearer_metadata(token)
 
 
+def query_rate(request: Request) -> float | None:
+    """The optional ``rate`` parameter (the residual rate of a human view), a number in [0, 1]."""
+    text = request.query_params.get("rate")
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ApiError(400, "INVALID_ARGUMENT", f"rate must be a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ApiError(400, "INVALID_ARGUMENT", f"rate must be in [0, 1], got {value:g}")
+    return value
+
+
 def query_int(request: Request, name: str, default: int | None = None, low: int = 0,
               high: int = 2**63 - 1) -> int:
     text = request.query_params.get(name)
@@ -190,7 +205,7 @@ class Gateway:
             raise ApiError(400, "INVALID_ARGUMENT", f"quality must be one of {sorted(convert.QUALITIES)}")
         message = operator_pb2.GetFrameRequest(camera_id=query_camera(request),
                                                frame_id=query_int(request, "frame", None, 1),
-                                               quality=convert.QUALITIES[quality])
+                                               quality=convert.QUALITIES[quality], residual_rate=query_rate(request))
         start = time.perf_counter()
         reply = await self._call(self.operator.GetFrame, message, metadata)
         return JSONResponse(convert.inspection(reply, 1000 * (time.perf_counter() - start)))

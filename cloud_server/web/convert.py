@@ -76,5 +76,6 @@ def inspection(reply: operator_pb2.GetFrameResponse, cloud_ms: float) -> dict[st
             "detections": detections(reply.detections), "base_bytes": reply.base_bytes,
             "residual_bytes": reply.residual_bytes, "lossless_bytes": reply.lossless_bytes,
             "base_bpp": reply.base_bpp, "residual_bpp": reply.residual_bpp,
+            "residual_rate": round(reply.residual_rate, 4),
             "lossless_bpp": bits_per_pixel(reply.lossless_bytes, reply.frame.width, reply.frame.height),
             "cloud_ms": round(cloud_ms, 1)}

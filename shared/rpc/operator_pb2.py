@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from icmh.rpc import common_pb2 as icmh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16icmh/v1/operator.proto\x12\x07icmh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14icmh/v1/common.proto\"\xa8\x02\n\nCameraInfo\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.icmh.v1.CameraState\x12\x15\n\rlast_frame_id\x18\x03 \x01(\x04\x12\x35\n\x11last_capture_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x01\x12\x15\n\rframes_stored\x18\x06 \x01(\x04\x12\r\n\x05width\x18\x07 \x01(\r\x12\x0e\n\x06height\x18\x08 \x01(\r\x12,\n\rresidual_mode\x18\t \x01(\x0e\x32\x15.icmh.v1.ResidualMode\x12#\n\x06\x63onfig\x18\n \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\"\x14\n\x12ListCamerasRequest\";\n\x13ListCamerasResponse\x12$\n\x07\x63\x61meras\x18\x01 \x03(\x0b\x32\x13.icmh.v1.CameraInfo\"a\n\x11ListFramesRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x14\n\x0cmin_frame_id\x18\x02 \x01(\x04\x12\x14\n\x0cmax_frame_id\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\"\xaf\x02\n\tFrameInfo\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\x30\n\x0c\x63\x61pture_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x11\n\tbase_rate\x18\x07 \x01(\x02\x12\x12\n\nbase_bytes\x18\x08 \x01(\r\x12\x16\n\x0eresidual_bytes\x18\t \x01(\r\x12\x10\n\x08\x62\x61se_bpp\x18\n \x01(\x01\x12\x10\n\x08\x64\x65tected\x18\x0b \x01(\x08\x12\x17\n\x0f\x64\x65tection_count\x18\x0c \x01(\r\"8\n\x12ListFramesResponse\x12\"\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x12.icmh.v1.FrameInfo\"Y\n\x0fGetFrameRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12!\n\x07quality\x18\x03 \x01(\x0e\x32\x10.icmh.v1.Quality\"\xf9\x01\n\x10GetFrameResponse\x12!\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x12.icmh.v1.FrameInfo\x12!\n\x07quality\x18\x02 \x01(\x0e\x32\x10.icmh.v1.Quality\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12&\n\ndetections\x18\x04 \x03(\x0b\x32\x12.icmh.v1.Detection\x12\x12\n\nbase_bytes\x18\x05 \x01(\r\x12\x16\n\x0eresidual_bytes\x18\x06 \x01(\r\x12\x10\n\x08\x62\x61se_bpp\x18\x07 \x01(\x01\x12\x14\n\x0cresidual_bpp\x18\x08 \x01(\x01\x12\x16\n\x0elossless_bytes\x18\t \x01(\r\"P\n\x16\x43onfigureCameraRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12#\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\"Q\n\x17\x43onfigureCameraResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\x12\x11\n\tdelivered\x18\x02 \x01(\x08\"\xdb\x01\n\x0b\x41uditRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08operator\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0b\n\x03via\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x11\n\tcamera_id\x18\x06 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x07 \x01(\x04\x12!\n\x07quality\x18\x08 \x01(\x0e\x32\x10.icmh.v1.Quality\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\"\x9c\x01\n\x10ListAuditRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\":\n\x11ListAuditResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.icmh.v1.AuditRecord*^\n\x0b\x43\x61meraState\x12\x1c\n\x18\x43\x41MERA_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41MERA_STATE_ONLINE\x10\x01\x12\x18\n\x14\x43\x41MERA_STATE_OFFLINE\x10\x02*`\n\x07Quality\x12\x17\n\x13QUALITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fQUALITY_MACHINE\x10\x01\x12\x11\n\rQUALITY_HUMAN\x10\x02\x12\x14\n\x10QUALITY_ORIGINAL\x10\x03\x32\xf6\x02\n\x08Operator\x12H\n\x0bListCameras\x12\x1b.icmh.v1.ListCamerasRequest\x1a\x1c.icmh.v1.ListCamerasResponse\x12\x45\n\nListFrames\x12\x1a.icmh.v1.ListFramesRequest\x1a\x1b.icmh.v1.ListFramesResponse\x12?\n\x08GetFrame\x12\x18.icmh.v1.GetFrameRequest\x1a\x19.icmh.v1.GetFrameResponse\x12T\n\x0f\x43onfigureCamera\x12\x1f.icmh.v1.ConfigureCameraRequest\x1a .icmh.v1.ConfigureCameraResponse\x12\x42\n\tListAudit\x12\x19.icmh.v1.ListAuditRequest\x1a\x1a.icmh.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16icmh/v1/operator.proto\x12\x07icmh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14icmh/v1/common.proto\"\xa8\x02\n\nCameraInfo\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.icmh.v1.CameraState\x12\x15\n\rlast_frame_id\x18\x03 \x01(\x04\x12\x35\n\x11last_capture_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x01\x12\x15\n\rframes_stored\x18\x06 \x01(\x04\x12\r\n\x05width\x18\x07 \x01(\r\x12\x0e\n\x06height\x18\x08 \x01(\r\x12,\n\rresidual_mode\x18\t \x01(\x0e\x32\x15.icmh.v1.ResidualMode\x12#\n\x06\x63onfig\x18\n \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\"\x14\n\x12ListCamerasRequest\";\n\x13ListCamerasResponse\x12$\n\x07\x63\x61meras\x18\x01 \x03(\x0b\x32\x13.icmh.v1.CameraInfo\"a\n\x11ListFramesRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x14\n\x0cmin_frame_id\x18\x02 \x01(\x04\x12\x14\n\x0cmax_frame_id\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\"\xaf\x02\n\tFrameInfo\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\x30\n\x0c\x63\x61pture_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x11\n\tbase_rate\x18\x07 \x01(\x02\x12\x12\n\nbase_bytes\x18\x08 \x01(\r\x12\x16\n\x0eresidual_bytes\x18\t \x01(\r\x12\x10\n\x08\x62\x61se_bpp\x18\n \x01(\x01\x12\x10\n\x08\x64\x65tected\x18\x0b \x01(\x08\x12\x17\n\x0f\x64\x65tection_count\x18\x0c \x01(\r\"8\n\x12ListFramesResponse\x12\"\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x12.icmh.v1.FrameInfo\"\x87\x01\n\x0fGetFrameRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12!\n\x07quality\x18\x03 \x01(\x0e\x32\x10.icmh.v1.Quality\x12\x1a\n\rresidual_rate\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x10\n\x0e_residual_rate\"\x90\x02\n\x10GetFrameResponse\x12!\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x12.icmh.v1.FrameInfo\x12!\n\x07quality\x18\x02 \x01(\x0e\x32\x10.icmh.v1.Quality\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12&\n\ndetections\x18\x04 \x03(\x0b\x32\x12.icmh.v1.Detection\x12\x12\n\nbase_bytes\x18\x05 \x01(\r\x12\x16\n\x0eresidual_bytes\x18\x06 \x01(\r\x12\x10\n\x08\x62\x61se_bpp\x18\x07 \x01(\x01\x12\x14\n\x0cresidual_bpp\x18\x08 \x01(\x01\x12\x16\n\x0elossless_bytes\x18\t \x01(\r\x12\x15\n\rresidual_rate\x18\n \x01(\x02\"P\n\x16\x43onfigureCameraRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12#\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\"Q\n\x17\x43onfigureCameraResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\x12\x11\n\tdelivered\x18\x02 \x01(\x08\"\xdb\x01\n\x0b\x41uditRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08operator\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0b\n\x03via\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x11\n\tcamera_id\x18\x06 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x07 \x01(\x04\x12!\n\x07quality\x18\x08 \x01(\x0e\x32\x10.icmh.v1.Quality\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\"\x9c\x01\n\x10ListAuditRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\":\n\x11ListAuditResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.icmh.v1.AuditRecord*^\n\x0b\x43\x61meraState\x12\x1c\n\x18\x43\x41MERA_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41MERA_STATE_ONLINE\x10\x01\x12\x18\n\x14\x43\x41MERA_STATE_OFFLINE\x10\x02*`\n\x07Quality\x12\x17\n\x13QUALITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fQUALITY_MACHINE\x10\x01\x12\x11\n\rQUALITY_HUMAN\x10\x02\x12\x14\n\x10QUALITY_ORIGINAL\x10\x03\x32\xf6\x02\n\x08Operator\x12H\n\x0bListCameras\x12\x1b.icmh.v1.ListCamerasRequest\x1a\x1c.icmh.v1.ListCamerasResponse\x12\x45\n\nListFrames\x12\x1a.icmh.v1.ListFramesRequest\x1a\x1b.icmh.v1.ListFramesResponse\x12?\n\x08GetFrame\x12\x18.icmh.v1.GetFrameRequest\x1a\x19.icmh.v1.GetFrameResponse\x12T\n\x0f\x43onfigureCamera\x12\x1f.icmh.v1.ConfigureCameraRequest\x1a .icmh.v1.ConfigureCameraResponse\x12\x42\n\tListAudit\x12\x19.icmh.v1.ListAuditRequest\x1a\x1a.icmh.v1.ListAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'icmh.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAMERASTATE']._serialized_start=1884
-  _globals['_CAMERASTATE']._serialized_end=1978
-  _globals['_QUALITY']._serialized_start=1980
-  _globals['_QUALITY']._serialized_end=2076
+  _globals['_CAMERASTATE']._serialized_start=1954
+  _globals['_CAMERASTATE']._serialized_end=2048
+  _globals['_QUALITY']._serialized_start=2050
+  _globals['_QUALITY']._serialized_end=2146
   _globals['_CAMERAINFO']._serialized_start=91
   _globals['_CAMERAINFO']._serialized_end=387
   _globals['_LISTCAMERASREQUEST']._serialized_start=389
@@ -49,20 +49,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FRAMEINFO']._serialized_end=875
   _globals['_LISTFRAMESRESPONSE']._serialized_start=877
   _globals['_LISTFRAMESRESPONSE']._serialized_end=933
-  _globals['_GETFRAMEREQUEST']._serialized_start=935
-  _globals['_GETFRAMEREQUEST']._serialized_end=1024
-  _globals['_GETFRAMERESPONSE']._serialized_start=1027
-  _globals['_GETFRAMERESPONSE']._serialized_end=1276
-  _globals['_CONFIGURECAMERAREQUEST']._serialized_start=1278
-  _globals['_CONFIGURECAMERAREQUEST']._serialized_end=1358
-  _globals['_CONFIGURECAMERARESPONSE']._serialized_start=1360
-  _globals['_CONFIGURECAMERARESPONSE']._serialized_end=1441
-  _globals['_AUDITRECORD']._serialized_start=1444
-  _globals['_AUDITRECORD']._serialized_end=1663
-  _globals['_LISTAUDITREQUEST']._serialized_start=1666
-  _globals['_LISTAUDITREQUEST']._serialized_end=1822
-  _globals['_LISTAUDITRESPONSE']._serialized_start=1824
-  _globals['_LISTAUDITRESPONSE']._serialized_end=1882
-  _globals['_OPERATOR']._serialized_start=2079
-  _globals['_OPERATOR']._serialized_end=2453
+  _globals['_GETFRAMEREQUEST']._serialized_start=936
+  _globals['_GETFRAMEREQUEST']._serialized_end=1071
+  _globals['_GETFRAMERESPONSE']._serialized_start=1074
+  _globals['_GETFRAMERESPONSE']._serialized_end=1346
+  _globals['_CONFIGURECAMERAREQUEST']._serialized_start=1348
+  _globals['_CONFIGURECAMERAREQUEST']._serialized_end=1428
+  _globals['_CONFIGURECAMERARESPONSE']._serialized_start=1430
+  _globals['_CONFIGURECAMERARESPONSE']._serialized_end=1511
+  _globals['_AUDITRECORD']._serialized_start=1514
+  _globals['_AUDITRECORD']._serialized_end=1733
+  _globals['_LISTAUDITREQUEST']._serialized_start=1736
+  _globals['_LISTAUDITREQUEST']._serialized_end=1892
+  _globals['_LISTAUDITRESPONSE']._serialized_start=1894
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1952
+  _globals['_OPERATOR']._serialized_start=2149
+  _globals['_OPERATOR']._serialized_end=2523
 # @@protoc_insertion_point(module_scope)

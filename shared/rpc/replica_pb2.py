@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from icmh.rpc import common_pb2 as icmh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15icmh/v1/replica.proto\x12\x07icmh.v1\x1a\x14icmh/v1/common.proto\"J\n\x11\x46\x65tchLayerRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\x10\n\x08lossless\x18\x03 \x01(\x08\"#\n\x12\x46\x65tchLayerResponse\x12\r\n\x05layer\x18\x01 \x01(\x0c\"K\n\x11PushConfigRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12#\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\"\'\n\x12PushConfigResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\"\x0e\n\x0cRelayRequest2\xd7\x01\n\x0bReplicaLink\x12\x45\n\nFetchLayer\x12\x1a.icmh.v1.FetchLayerRequest\x1a\x1b.icmh.v1.FetchLayerResponse\x12\x45\n\nPushConfig\x12\x1a.icmh.v1.PushConfigRequest\x1a\x1b.icmh.v1.PushConfigResponse\x12:\n\x05Relay\x12\x15.icmh.v1.RelayRequest\x1a\x18.icmh.v1.DetectionResult0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15icmh/v1/replica.proto\x12\x07icmh.v1\x1a\x14icmh/v1/common.proto\"x\n\x11\x46\x65tchLayerRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\x10\n\x08lossless\x18\x03 \x01(\x08\x12\x1a\n\rresidual_rate\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x10\n\x0e_residual_rate\"#\n\x12\x46\x65tchLayerResponse\x12\r\n\x05layer\x18\x01 \x01(\x0c\"K\n\x11PushConfigRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12#\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x13.icmh.v1.EdgeConfig\"\'\n\x12PushConfigResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\"\x0e\n\x0cRelayRequest2\xd7\x01\n\x0bReplicaLink\x12\x45\n\nFetchLayer\x12\x1a.icmh.v1.FetchLayerRequest\x1a\x1b.icmh.v1.FetchLayerResponse\x12\x45\n\nPushConfig\x12\x1a.icmh.v1.PushConfigRequest\x1a\x1b.icmh.v1.PushConfigResponse\x12:\n\x05Relay\x12\x15.icmh.v1.RelayRequest\x1a\x18.icmh.v1.DetectionResult0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'icmh.v1.replica_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FETCHLAYERREQUEST']._serialized_start=56
-  _globals['_FETCHLAYERREQUEST']._serialized_end=130
-  _globals['_FETCHLAYERRESPONSE']._serialized_start=132
-  _globals['_FETCHLAYERRESPONSE']._serialized_end=167
-  _globals['_PUSHCONFIGREQUEST']._serialized_start=169
-  _globals['_PUSHCONFIGREQUEST']._serialized_end=244
-  _globals['_PUSHCONFIGRESPONSE']._serialized_start=246
-  _globals['_PUSHCONFIGRESPONSE']._serialized_end=285
-  _globals['_RELAYREQUEST']._serialized_start=287
-  _globals['_RELAYREQUEST']._serialized_end=301
-  _globals['_REPLICALINK']._serialized_start=304
-  _globals['_REPLICALINK']._serialized_end=519
+  _globals['_FETCHLAYERREQUEST']._serialized_end=176
+  _globals['_FETCHLAYERRESPONSE']._serialized_start=178
+  _globals['_FETCHLAYERRESPONSE']._serialized_end=213
+  _globals['_PUSHCONFIGREQUEST']._serialized_start=215
+  _globals['_PUSHCONFIGREQUEST']._serialized_end=290
+  _globals['_PUSHCONFIGRESPONSE']._serialized_start=292
+  _globals['_PUSHCONFIGRESPONSE']._serialized_end=331
+  _globals['_RELAYREQUEST']._serialized_start=333
+  _globals['_RELAYREQUEST']._serialized_end=347
+  _globals['_REPLICALINK']._serialized_start=350
+  _globals['_REPLICALINK']._serialized_end=565
 # @@protoc_insertion_point(module_scope)

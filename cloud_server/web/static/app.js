@@ -312,7 +312,9 @@ async function loadPane(pane) {
   $(".error", pane).textContent = "";
   const start = performance.now();
   try {
-    const reply = await getJson(`/api/frame?${query({camera: cameraId, frame: frameId, quality})}`);
+    // "human, sharpest": the residual at rate 1, coded for this view by an edge that kept the captured frame
+    const params = quality === "human-sharpest" ? {quality: "human", rate: 1} : {quality};
+    const reply = await getJson(`/api/frame?${query({camera: cameraId, frame: frameId, ...params})}`);
     if (cameraId !== state.camera || frameId !== state.frame) return;
     await new Promise((resolve) => { image.onload = resolve; image.onerror = resolve; image.src = reply.png; });
     const total = performance.now() - start;
@@ -321,7 +323,7 @@ async function loadPane(pane) {
     const parts = [`${reply.quality}`, `${f.width}×${f.height}`,
       `base ${reply.base_bytes} B (${fmt(reply.base_bpp, 4)} bpp)`];
     if (reply.quality === "human") {
-      parts.push(`residual ${reply.residual_bytes} B (${fmt(reply.residual_bpp, 4)} bpp)`);
+      parts.push(`residual ${reply.residual_bytes} B (${fmt(reply.residual_bpp, 4)} bpp, R ${fmt(reply.residual_rate, 2)})`);
     }
     if (reply.lossless_bytes) parts.push(`lossless ${reply.lossless_bytes} B (${fmt(reply.lossless_bpp, 4)} bpp)`);
     parts.push(f.detected ? plural(reply.detections.length, "detection") : "detector pending");
