@@ -233,13 +233,17 @@ def test_replicas_spread_cameras_redirect_edges_and_route_inspections(
             assert routed.png == direct.png and routed.residual_bytes == direct.residual_bytes
             assert routed.lossless_bytes == direct.lossless_bytes
             assert (direct.residual_bytes if quality == Quality.QUALITY_HUMAN else direct.lossless_bytes) > 0
+        # an operator's residual rate goes through the relay too
+        direct, routed = (get_frame(r.port, "cam-a", 2, Quality.QUALITY_HUMAN, residual_rate=1.0) for r in (r1, r2))
+        assert routed.png == direct.png and routed.residual_rate == direct.residual_rate == 1.0
         assert r2.metrics.registry.get_sample_value("icmh_cloud_replica_calls_total",
-                                                    {"call": "fetch_layer", "outcome": "ok"}) >= 2
+                                                    {"call": "fetch_layer", "outcome": "ok"}) >= 3
         # one audit log for the fleet (in the index): each call recorded once, by the replica it reached
         audits = {name: [(r.camera_id, r.frame_id, r.quality, r.peer) for r in server.audit.query()]
                   for name, server in servers.items()}
-        assert audits["r1"] == audits["r2"] and len(audits["r1"]) == 4
-        assert sorted(row[2] for row in audits["r1"]) == sorted(2 * [Quality.QUALITY_HUMAN, Quality.QUALITY_ORIGINAL])
+        assert audits["r1"] == audits["r2"] and len(audits["r1"]) == 6
+        assert sorted(row[2] for row in audits["r1"]) == sorted([*4 * [Quality.QUALITY_HUMAN], *2 * [
+            Quality.QUALITY_ORIGINAL]])
         assert not (tmp_path / "r1" / "cloud" / "audit.db").exists()
 
         # the camera list of either replica shows both cameras online; config goes through to the edge
