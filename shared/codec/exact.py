@@ -263,6 +263,12 @@ class ExactCheckerboardConv2d(ExactConv2d):
     def _effective_weight(self) -> Tensor:
         return self.weight * self.mask
 
+    def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
+        """The int8 kernel gathers and multiplies only the unmasked taps (about half of them)."""
+        k = self.kernel_size[0]
+        taps = [(jy, jx) for jy in range(k) for jx in range(k) if self.mask[0, 0, jy, jx]]
+        return int_kernels.conv_plan(w_int, self.stride[0], WEIGHT_PARTS, taps)
+
     def forward(self, x: Tensor) -> Tensor:
         if not self._use_exact():
             return self._conv_forward(x, self._effective_weight(), self.bias)

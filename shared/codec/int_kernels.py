@@ -194,10 +194,11 @@ def _phase_gemm(taps: list[tuple[int, int]], phases: dict[tuple[int, int], dict[
     return Phase(tuple(phases), start, stop, torch.cat(blocks, dim=1).contiguous())
 
 
-def conv_plan(w_int: Tensor, stride: int, parts: int) -> GemmPlan:
-    """Plan of a correlation with integer weights ``[Cout, Cin, k, k]``: one phase, taps in row-major order."""
+def conv_plan(w_int: Tensor, stride: int, parts: int, taps: list[tuple[int, int]] | None = None) -> GemmPlan:
+    """Plan of a correlation with integer weights ``[Cout, Cin, k, k]``: one phase over ``taps`` (default: all, in
+    row-major order). Taps left out must have zero weights (a masked convolution): im2col and the GEMM skip them."""
     cout, cin, k, _ = w_int.shape
-    taps = [(jy, jx) for jy in range(k) for jx in range(k)]
+    taps = [(jy, jx) for jy in range(k) for jx in range(k)] if taps is None else taps
     used = {(jy, jx): w_int[:, :, jy, jx].t() for jy, jx in taps}
     return GemmPlan(taps, stride, 1, [_phase_gemm(taps, {(0, 0): used}, cin, cout, parts)], parts)
 
