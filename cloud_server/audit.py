@@ -148,7 +148,9 @@ class InspectionGuard:
             self._finish(row, quality, outcome, details.decode(errors="replace") if isinstance(details, bytes)
                          else str(details))
             raise
-        if not self._finish(row, quality, "ok", ""):
+        # the residual rate an operator asked for (a sharper view than the camera's) is part of what was seen
+        detail = f"residual_rate {request.residual_rate:g}" if request.HasField("residual_rate") else ""
+        if not self._finish(row, quality, "ok", detail):
             abort(context, grpc.StatusCode.INTERNAL, "the inspection could not be audited, so it is not delivered")
         return response
 

@@ -158,6 +158,7 @@ def test_lazy_edge_serves_human_quality_over_grpc(tmp_path: Path, tiny_weights: 
             with pytest.raises(grpc.RpcError) as refused:
                 get_frame(server.port, "cam-l", 2, quality, residual_rate=rate)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [r.detail for r in server.audit.query() if r.outcome == "ok"].count("residual_rate 1") == 1
         samples = node.metrics.registry.get_sample_value
         assert samples("icmh_edge_encode_seconds_count", {"layer": "residual_on_request"}) == 1
         assert samples("icmh_edge_encode_seconds_count", {"layer": "residual_at_requested_rate"}) == 1
