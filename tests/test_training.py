@@ -17,7 +17,7 @@ from icmh.codec import ScalableCodec
 from icmh.codec.api import image_to_tensor
 from icmh.codec.exact import exact_arithmetic
 from icmh.codec.models import build_model
-from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR, export_weights
+from icmh.codec.weights import export_weights
 from icmh.splits import check_training_path, video_frames
 from icmh.training.data import load_detection_monitor_set, load_training_set
 from icmh.training.detector_features import DetectorFeatureLoss
@@ -472,19 +472,6 @@ def _assert_decodes_alike(narrow: torch.nn.Module, wide: torch.nn.Module, x: tor
         a = narrow.decompress(out["strings"], out["shape"], q, *side)["x_hat"]
         b = wide.decompress(out["strings"], out["shape"], q, *side)["x_hat"]
     assert torch.equal(a, b)
-
-
-def test_half_resolution_block_warm_started_from_shipped_pr_icmh_cr_decodes_the_same_pixels() -> None:
-    """pr-icmh-crh from the shipped pr-icmh-cr weights: every tensor is taken, the new block (after the
-    half-resolution stage, where x̂_m joins) starts as the identity."""
-    shipped = SHIPPED_DIR / LAYER_FILES["pr"]
-    plain = ScalableCodec.from_weights(mode="pr")._require_residual().model
-    deep = build_model("pr-icmh-crh")
-    assert warm_start(deep, shipped) == len(dict(plain.named_parameters()))
-    assert sorted(deep.g_s.blocks) == ["0", "1", "2"]
-    torch.manual_seed(8)
-    x_d, x_m, q = torch.rand(1, 3, 64, 64) - 0.5, torch.rand(1, 3, 64, 64), torch.tensor([100])
-    _assert_decodes_alike(plain, deep, x_d, q, x_m, torch.randn(1, deep.machine_latent, 4, 4) * 4)
 
 
 def test_wider_fr_synthesis_warm_started_from_fr_icmh_decodes_the_same_pixels(tmp_path: Path) -> None:

@@ -551,11 +551,11 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     # identity); encoder and entropy model unchanged
     "pr-icmh-cr": (ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96)}),
     # pr-icmh-cr with a third residual block, 32 wide, after the half-resolution stage (where x̂_m joins; +18 k
-    # MAC/pixel); warm-started from pr-icmh-cr it starts as exactly that codec (registered in session 13, in training)
+    # MAC/pixel); warm-started from pr-icmh-cr it starts as exactly that codec (session 13; pr-icmh-cb started from it)
     "pr-icmh-crh": (ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96, 32)}),
-    # pr-icmh-crh whose slices are coded in two checkerboard passes (session 14): a 128-channel spatial context of the
-    # anchors joins each slice's entropy parameters; warm-started from pr-icmh-crh (or -cr) it starts as exactly that
-    # codec's latents and pixels (the new input starts at zero); the transforms are unchanged
+    # the default PR layer since session 14: pr-icmh-crh whose slices are coded in two checkerboard passes (a
+    # 128-channel spatial context of the anchors joins each slice's entropy parameters); warm-started from
+    # pr-icmh-crh (or -cr) it starts as that codec's latents and pixels (the new input starts at zero)
     "pr-icmh-cb": (
         ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96, 32), "spatial_context": 128},
     ),
