@@ -190,14 +190,17 @@ class CheckerboardSliceCodec(CheckerboardLatentCodec):
             ctx = self.unembed(self.context_prediction(self.embed(y_hat_)))[1]
         return self.entropy_parameters(self.merge(ctx, side))
 
-    def _passes(self, y: Tensor, side_params: Tensor, code: Callable[..., dict[str, Any]]) -> tuple[Tensor, list]:
-        """``code(y_pass, params)`` for the anchors, then the non-anchors; the embedded ŷ and both outputs."""
-        n, c, h, w = y.shape
-        y_hat_ = side_params.new_zeros((2, n, c, h, w // 2))
-        side_params_, y_ = self.unembed(side_params), self.unembed(y)
+    def _passes(self, side_params: Tensor, shape: tuple[int, ...],
+                code: Callable[[int, Tensor], dict[str, Any]]) -> tuple[Tensor, list[dict[str, Any]]]:
+        """``code(step, params)`` for the anchors (step 0), then the non-anchors (step 1) of a ``(C, H, W)`` slice, on
+        the unembedded half-width tensors; each output's ``y_hat`` feeds the next pass. Returns the embedded ŷ and
+        both outputs."""
+        c, h, w = shape
+        y_hat_ = side_params.new_zeros((2, side_params.shape[0], c, h, w // 2))
+        side_params_ = self.unembed(side_params)
         outs = []
         for step in range(2):
-            outs.append(out := code(y_[step], self._pass_params(step, y_hat_, side_params_)))
+            outs.append(out := code(step, self._pass_params(step, y_hat_, side_params_)))
             y_hat_[step] = out["y_hat"]
         return self.embed(y_hat_), outs
 
@@ -206,12 +209,16 @@ class CheckerboardSliceCodec(CheckerboardLatentCodec):
         networks run on the half-width tensors the coder sees), with the likelihoods instead of strings."""
         if self.training:
             return super().forward(y, side_params)
-        y_hat, outs = self._passes(y, side_params, self.latent_codec["y"])
+        y_ = self.unembed(y)
+        y_hat, outs = self._passes(side_params, y.shape[1:],
+                                   lambda step, params: self.latent_codec["y"](y_[step], params))
         likelihoods = self.embed(torch.stack([out["likelihoods"]["y"] for out in outs]))
         return {"likelihoods": {"y": likelihoods}, "y_hat": y_hat}
 
     def compress(self, y: Tensor, side_params: Tensor) -> dict[str, Any]:
-        y_hat, outs = self._passes(y, side_params, self.latent_codec["y"].compress)
+        y_ = self.unembed(y)
+        y_hat, outs = self._passes(side_params, y.shape[1:],
+                                   lambda step, params: self.latent_codec["y"].compress(y_[step], params))
         return {"strings": [s for out in outs for s in out["strings"]], "shape": tuple(y.shape[1:]), "y_hat": y_hat}
 
     def decompress(
@@ -219,13 +226,10 @@ class CheckerboardSliceCodec(CheckerboardLatentCodec):
     ) -> dict[str, Any]:
         if len(strings) != 2:
             raise ValueError(f"a checkerboard slice has 2 strings, got {len(strings)}")
-        c, h, w = shape
-        y_hat_ = side_params.new_zeros((2, len(strings[0]), c, h, w // 2))
-        side_params_ = self.unembed(side_params)
-        for step in range(2):
-            params = self._pass_params(step, y_hat_, side_params_)
-            y_hat_[step] = self.latent_codec["y"].decompress([strings[step]], (h, w // 2), params)["y_hat"]
-        return {"y_hat": self.embed(y_hat_)}
+        _, h, w = shape
+        y_hat, _ = self._passes(side_params, shape, lambda step, params: self.latent_codec["y"].decompress(
+            [strings[step]], (h, w // 2), params))
+        return {"y_hat": y_hat}
 
 
 class SliceLatentCodec(ChannelGroupsLatentCodec):
