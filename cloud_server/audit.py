@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import grpc
 
 from icmh.rpc import operator_pb2
+from icmh.service.residual_modes import requested_residual_rate
 from icmh.service.sqlite import Database
 from icmh.service.timestamps import to_timestamp
 
@@ -149,7 +150,8 @@ class InspectionGuard:
                          else str(details))
             raise
         # the residual rate an operator asked for (a sharper view than the camera's) is part of what was seen
-        detail = f"residual_rate {request.residual_rate:g}" if request.HasField("residual_rate") else ""
+        rate = requested_residual_rate(request)
+        detail = "" if rate is None else f"residual_rate {rate:g}"
         if not self._finish(row, quality, "ok", detail):
             abort(context, grpc.StatusCode.INTERNAL, "the inspection could not be audited, so it is not delivered")
         return response

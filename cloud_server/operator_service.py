@@ -22,7 +22,7 @@ from icmh.codec.rate import RATE_STEPS
 from icmh.rpc import common_pb2, operator_pb2, operator_pb2_grpc
 from icmh.service.edge_config import config_from_proto, config_to_proto
 from icmh.service.images import encode_png
-from icmh.service.residual_modes import PROTO_OF_MODE
+from icmh.service.residual_modes import PROTO_OF_MODE, requested_residual_rate
 from icmh.service.timestamps import to_timestamp
 
 from .access import OperatorAccess, abort
@@ -50,11 +50,8 @@ class Decoded(NamedTuple):
 
 
 def residual_rate_of(layer: bytes) -> float:
-    """The rate R of a residual layer, from its header (0 for an unreadable one: decoding reports that)."""
-    try:
-        return unpack(layer)[0].rate_index / RATE_STEPS
-    except BitstreamError:
-        return 0.0
+    """The rate R of a residual layer that has decoded, from its header."""
+    return unpack(layer)[0].rate_index / RATE_STEPS
 
 
 CacheKey = tuple[str, int, int, float | None]
@@ -152,7 +149,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         quality = request.quality or Quality.QUALITY_MACHINE
         if quality not in (Quality.QUALITY_MACHINE, Quality.QUALITY_HUMAN, Quality.QUALITY_ORIGINAL):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown quality {quality}")
-        rate = request.residual_rate if request.HasField("residual_rate") else None
+        rate = requested_residual_rate(request)
         if rate is not None and (quality != Quality.QUALITY_HUMAN or not 0.0 <= rate <= 1.0):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                   f"residual_rate must be in [0, 1] and goes with QUALITY_HUMAN only (got {rate:g})")

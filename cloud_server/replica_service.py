@@ -15,6 +15,7 @@ import grpc
 from icmh.rpc import common_pb2, replica_pb2, replica_pb2_grpc
 from icmh.service.edge_config import config_from_proto
 from icmh.service.grpc_setup import bearer_token
+from icmh.service.residual_modes import requested_residual_rate
 
 from .access import abort
 from .audit import check_ids
@@ -48,8 +49,8 @@ class ReplicaLinkService(replica_pb2_grpc.ReplicaLinkServicer):
             abort(context, grpc.StatusCode.UNAVAILABLE,
                    f"edge of camera {request.camera_id} is not connected to replica {self.replica_id}")
         try:
-            rate = request.residual_rate if request.HasField("residual_rate") else None
-            layer = session.request_residual(request.frame_id, self.residual_timeout_s, request.lossless, rate)
+            layer = session.request_residual(request.frame_id, self.residual_timeout_s, request.lossless,
+                                             requested_residual_rate(request))
         except EdgeOffline as exc:
             abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         except ResidualNotFound as exc:

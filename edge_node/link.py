@@ -35,6 +35,7 @@ from icmh.rpc import common_pb2, edge_pb2, edge_pb2_grpc
 from icmh.service.edge_config import config_from_proto
 from icmh.service.grpc_setup import MAX_REPLY_BYTES, open_channel
 from icmh.service.replica_redirect import Redirect, parse_redirect
+from icmh.service.residual_modes import requested_residual_rate
 from icmh.service.timestamps import to_timestamp
 
 from .metrics import EdgeMetrics
@@ -380,8 +381,7 @@ class CloudLink:
             elif request.lossless:
                 data = self.layers.lossless(request.frame_id)
             else:
-                rate = request.residual_rate if request.HasField("residual_rate") else None
-                data = self.layers.residual(request.frame_id, rate)
+                data = self.layers.residual(request.frame_id, requested_residual_rate(request))
         except Exception:  # a corrupt stored frame must not end the link: the cloud gets NOT_FOUND
             log.exception("frame %d: cannot produce the requested layer", request.frame_id)
             counter.labels("error").inc()
