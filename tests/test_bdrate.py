@@ -74,3 +74,17 @@ def test_errors() -> None:
         bd_rate([0, 2], [30, 31], [1, 2], [30, 31])
     with pytest.raises(ValueError, match="method"):
         bd_rate(RATES, PSNR, RATES, PSNR, "akima")
+
+
+def test_rate_window_judges_only_the_rates_inside_it() -> None:
+    """Two curves that agree up to 2 bpp and part above it: 0 % inside a window that ends at 1 bpp (pchip's
+    segments there do not see the last point), worse for the test over all of it; a window one curve never reaches
+    cannot be compared."""
+    rates = [0.25, 0.5, 1.0, 2.0, 4.0]
+    anchor, test = [30.0, 33.0, 36.0, 39.0, 42.0], [30.0, 33.0, 36.0, 39.0, 40.0]
+    assert bd_rate(rates, anchor, rates, test) > 0.5
+    assert bd_rate(rates, anchor, rates, test, rate_window=(0.3, 1.0)) == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate(rates, anchor, [0.9 * r for r in rates], test, rate_window=(0.1, 1.0)) == pytest.approx(
+        -10.0, abs=1e-9)
+    with pytest.raises(ValueError, match="inside rates 5-6"):
+        bd_rate(rates, anchor, rates, test, rate_window=(5.0, 6.0))

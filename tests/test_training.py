@@ -515,3 +515,38 @@ def test_conditional_entropy_codec_warm_started_from_conditional_pr_codes_like_i
         decoded = entropy.decompress(coded["strings"], coded["shape"], q, x_m, ym_hat)
     assert coded["strings"] != other
     assert torch.equal(decoded["y_hat"], coded["y_hat"])
+
+
+def test_fourth_slice_warm_started_from_pr_icmh_cb_starts_as_that_codec(tmp_path: Path) -> None:
+    """pr-icmh-cb4 from a pr-icmh-cb checkpoint: the wider analysis output, synthesis input, hyper-analysis input and
+    gains take the old entries; the new slice gets each level's mean gain (not zero, which would leave it unused)
+    and reaches the synthesis through zero weights, so the training forward gives the old pixels and the old slices'
+    likelihoods. The layer codes and decodes 4 x 2 + 1 strings bit-exactly, and training reaches the new weights."""
+    torch.manual_seed(7)
+    three = build_model("pr-icmh-cb-tiny")
+    torch.save({"model": three.state_dict()}, tmp_path / "three.pt")
+    four = build_model("pr-icmh-cb4-tiny")
+    assert warm_start(four, tmp_path / "three.pt") == len(dict(three.named_parameters()))
+    old = three.coded_channels
+    torch.testing.assert_close(four.gain.gain[:, old:], three.gain.gain.abs().mean(1, keepdim=True).expand(-1, 8))
+    x_d, x_m, q = torch.rand(1, 3, 128, 192) - 0.5, torch.rand(1, 3, 128, 192), torch.tensor([100])
+    ym_hat = torch.randn(1, four.machine_latent, 8, 12) * 4
+    outputs = []
+    with torch.no_grad():
+        for model in (three, four):
+            torch.manual_seed(1)  # the noise of ẑ
+            outputs.append(model.train()(x_d, q, x_m, ym_hat))
+    a, b = outputs
+    assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["likelihoods"]["z"], b["likelihoods"]["z"])
+    assert torch.equal(a["likelihoods"]["y"], b["likelihoods"]["y"][:, :old])
+    four.eval()
+    four.update(force=True)
+    with torch.no_grad():
+        coded = four.compress(x_d, q, x_m, ym_hat)
+        decoded = four.decompress(coded["strings"], coded["shape"], q, x_m, ym_hat)
+    assert len(coded["strings"]) == four.num_strings() == 9
+    assert torch.equal(coded["y_hat"], decoded["y_hat"]) and decoded["y_hat"][:, old:].abs().sum() > 0
+    four.train()
+    out = four(x_d, q, x_m, ym_hat)
+    ((out["x_hat"] - x_d) ** 2).mean().backward()
+    assert four.g_s.get_submodule("0").weight.grad[old:].abs().sum() > 0

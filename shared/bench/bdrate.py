@@ -50,11 +50,16 @@ def bd_rate(
     test_rates: Sequence[float],
     test_quality: Sequence[float],
     method: str = "pchip",
+    rate_window: tuple[float, float] | None = None,
 ) -> float:
     """Rate change of ``test`` against ``anchor`` at equal quality, in percent (negative: test saves rate).
 
+    ``rate_window = (low, high)`` limits the comparison to the qualities both curves reach inside that rate range
+    (each curve's quality at the window's ends, interpolated monotonically in log-rate): a goal stated over a rate
+    range, e.g. "0.3-1.5 bpp", is judged there and not on points outside it.
+
     Raises ``ValueError`` when a curve has too few points (2 for pchip, 4 for cubic) or the
-    quality ranges of the two curves do not overlap.
+    quality ranges of the two curves do not overlap (inside the window, if one is given).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -65,10 +70,12 @@ def bd_rate(
         if len(r) < min_points:
             raise ValueError(f"{name} curve has {len(r)} usable point(s), {method} needs at least {min_points}")
         curves.append((np.log(r), q))
-    low = max(curves[0][1].min(), curves[1][1].min())
-    high = min(curves[0][1].max(), curves[1][1].max())
+    spans = [_quality_span(log_r, q, rate_window) for log_r, q in curves]
+    low = max(span[0] for span in spans)
+    high = min(span[1] for span in spans)
     if not high > low:
-        raise ValueError("the quality ranges of the two curves do not overlap")
+        where = f" inside rates {rate_window[0]:g}-{rate_window[1]:g}" if rate_window else ""
+        raise ValueError(f"the quality ranges of the two curves do not overlap{where}")
     integrals = [_integrate_log_rate(log_r, q, low, high, method) for log_r, q in curves]
     mean_log_ratio = (integrals[1] - integrals[0]) / (high - low)
     return float((np.exp(mean_log_ratio) - 1.0) * 100.0)
@@ -80,3 +87,17 @@ def _integrate_log_rate(log_rate: np.ndarray, quality: np.ndarray, low: float, h
         return float(PchipInterpolator(quality, log_rate).integrate(low, high))
     antiderivative = np.polyint(np.polyfit(quality, log_rate, 3))
     return float(np.polyval(antiderivative, high) - np.polyval(antiderivative, low))
+
+
+def _quality_span(
+    log_rate: np.ndarray, quality: np.ndarray, rate_window: tuple[float, float] | None
+) -> tuple[float, float]:
+    """The qualities a curve (sorted, increasing) reaches at its ends, or at the ends of ``rate_window`` clipped to
+    the curve's rates (quality interpolated by pchip in log-rate, which keeps it monotone)."""
+    if rate_window is None:
+        return float(quality[0]), float(quality[-1])
+    low, high = (float(np.clip(np.log(r), log_rate[0], log_rate[-1])) for r in rate_window)
+    if not high > low:
+        return float("inf"), float("-inf")  # no point of the curve inside the window
+    at = PchipInterpolator(log_rate, quality)
+    return float(at(low)), float(at(high))

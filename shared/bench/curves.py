@@ -93,9 +93,10 @@ def measure_curve(sweep: RateSweep, paths: Sequence[Path], evaluate: Evaluate, t
 
 def bd_rate_table(
     curves: dict[str, dict], quality: str, anchors: Sequence[str], tests: Sequence[str], method: str = "pchip",
-    rate: str = "bpp",
+    rate: str = "bpp", rate_window: tuple[float, float] | None = None,
 ) -> dict[str, dict[str, float | str]]:
-    """BD-rate (%) of each test curve against each anchor on ``quality`` vs ``rate``.
+    """BD-rate (%) of each test curve against each anchor on ``quality`` vs ``rate`` (inside ``rate_window``, see
+    :func:`~icmh.bench.bdrate.bd_rate`).
 
     A pair that cannot be compared (too few points, no common quality range) gets the reason
     as a string instead of a number.
@@ -111,7 +112,7 @@ def bd_rate_table(
             a, t = curves[anchor]["points"], curves[test]["points"]
             try:
                 value = bd_rate([p[rate] for p in a], [p[quality] for p in a],
-                                [p[rate] for p in t], [p[quality] for p in t], method)
+                                [p[rate] for p in t], [p[quality] for p in t], method, rate_window)
                 row[test] = round(value, 3) if math.isfinite(value) else "not finite"
             except ValueError as exc:
                 row[test] = f"n/a: {exc}"

@@ -563,6 +563,14 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     "pr-icmh-cb": (
         ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96, 32), "spatial_context": 128},
     ),
+    # pr-icmh-cb with a fourth slice (latent 192 -> 256 channels; session 15): the curves of the 192-channel layers
+    # flatten above ~1.5 bpp. Warm-started from pr-icmh-cb the new slice reaches the synthesis through zero weights,
+    # so the pixels start as that codec's (its bits cost what the new slice's entropy model gives them)
+    "pr-icmh-cb4": (
+        ConditionalResidualCodec,
+        {**MODEL_DEFAULTS_PR_CW, "latent": 256, "num_slices": 4, "synthesis_blocks": (128, 96, 32),
+         "spatial_context": 128},
+    ),
     # human layer on the feature residual: synthesis over all N_m slices, N_a = 3 coded
     "fr-icmh": (FeatureResidualCodec, {"width": 48, "latent": 160, "num_slices": 5, "coded_slices": 3}),
     # fr-icmh with a wider synthesis (session 11), warm-started from fr-icmh it starts as exactly that codec
@@ -600,6 +608,11 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
         ConditionalResidualCodec,
         {"width": 8, "synthesis_widths": (8, 8, 12), "refine_width": 32, "synthesis_blocks": (8, 0, 6), "latent": 24,
          "num_slices": 3, "hyper": 8, "side": 16, "context": 8, "machine_latent": 40, "spatial_context": 8},
+    ),
+    "pr-icmh-cb4-tiny": (
+        ConditionalResidualCodec,
+        {"width": 8, "synthesis_widths": (8, 8, 12), "refine_width": 32, "synthesis_blocks": (8, 0, 6), "latent": 32,
+         "num_slices": 4, "hyper": 8, "side": 16, "context": 8, "machine_latent": 40, "spatial_context": 8},
     ),
     "fr-icmh-tiny": (
         FeatureResidualCodec,

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..codec.exact import exact_arithmetic
 from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model, machine_side
-from ..codec.rate import RATE_STEPS, lambda_for_index
+from ..codec.rate import RATE_STEPS, GainUnit, lambda_for_index
 from ..codec.weights import LoadedModel, load_layer, load_state, prepare
 from .config import KIND_ARCHITECTURE, TrainConfig
 from .data import CropSampler, load_detection_monitor_set, load_training_set
@@ -74,7 +74,12 @@ def warm_start(model: ChannelARCodec, path: Path) -> int:
             continue
         if own[k].shape == v.shape:
             taken[k] = v.float()
-        elif (wide := widened(own[k], v.float(), transposed=_in_transposed_conv(model, k))) is not None:
+            continue
+        owner = _owner(model, k)
+        if (wide := widened(own[k], v.float(), transposed=isinstance(owner, nn.ConvTranspose2d))) is not None:
+            if isinstance(owner, GainUnit):
+                # new latent channels (another slice): each level's mean gain; a zero gain would leave them unused
+                wide[:, v.shape[1]:] = v.float().abs().mean(dim=1, keepdim=True)
             taken[k] = wide
     with torch.no_grad():
         for k, v in taken.items():
@@ -103,9 +108,9 @@ def widened(own: Tensor, source: Tensor, *, transposed: bool = False) -> Tensor 
     return wide
 
 
-def _in_transposed_conv(model: nn.Module, name: str) -> bool:
-    owner = model.get_submodule(name.rpartition(".")[0])
-    return isinstance(owner, nn.ConvTranspose2d)
+def _owner(model: nn.Module, name: str) -> nn.Module:
+    """The module that holds the parameter ``name``."""
+    return model.get_submodule(name.rpartition(".")[0])
 
 
 class Trainer:
