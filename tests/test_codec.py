@@ -81,7 +81,7 @@ def codec(request: pytest.FixtureRequest, tiny_weights: Path) -> ScalableCodec:
     if request.param == "pr-conditional-entropy":
         return conditional_codec(tiny_weights, "pr-icmh-ce-tiny")
     if request.param == "pr-checkerboard":
-        return conditional_codec(tiny_weights, "pr-icmh-cb-tiny")
+        return conditional_codec(tiny_weights, "pr-icmh-cb4-tiny")
     return ScalableCodec.from_weights(tiny_weights, mode=request.param)
 
 

@@ -557,15 +557,16 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
     # pr-icmh-cr with a third residual block, 32 wide, after the half-resolution stage (where x̂_m joins; +18 k
     # MAC/pixel); warm-started from pr-icmh-cr it starts as exactly that codec (session 13; pr-icmh-cb started from it)
     "pr-icmh-crh": (ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96, 32)}),
-    # the default PR layer since session 14: pr-icmh-crh whose slices are coded in two checkerboard passes (a
+    # the default PR layer of session 14: pr-icmh-crh whose slices are coded in two checkerboard passes (a
     # 128-channel spatial context of the anchors joins each slice's entropy parameters); warm-started from
     # pr-icmh-crh (or -cr) it starts as that codec's latents and pixels (the new input starts at zero)
     "pr-icmh-cb": (
         ConditionalResidualCodec, {**MODEL_DEFAULTS_PR_CW, "synthesis_blocks": (128, 96, 32), "spatial_context": 128},
     ),
-    # pr-icmh-cb with a fourth slice (latent 192 -> 256 channels; session 15): the curves of the 192-channel layers
-    # flatten above ~1.5 bpp. Warm-started from pr-icmh-cb the new slice reaches the synthesis through zero weights,
-    # so the pixels start as that codec's (its bits cost what the new slice's entropy model gives them)
+    # the default PR layer since session 15: pr-icmh-cb with a fourth slice (latent 192 -> 256 channels; the curves
+    # of the 192-channel layers flatten above ~1.5 bpp). Warm-started from pr-icmh-cb the new slice reaches the
+    # synthesis through zero weights, so the pixels start as that codec's (its bits cost what the new slice's entropy
+    # model gives them); encoder +3.2 k MAC/pixel, decoder +3.0 k
     "pr-icmh-cb4": (
         ConditionalResidualCodec,
         {**MODEL_DEFAULTS_PR_CW, "latent": 256, "num_slices": 4, "synthesis_blocks": (128, 96, 32),

@@ -11,7 +11,7 @@ from ..defaults import field_default
 from ..paths import data_root
 
 # the shipped architectures (shared/weights/*.json) and their λ ranges
-KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh-cb", "fr": "fr-icmh", "single": "single-l"}
+KIND_ARCHITECTURE = {"base": "sa-icm", "pr": "pr-icmh-cb4", "fr": "fr-icmh", "single": "single-l"}
 DEFAULT_LAMBDAS = {"base": (0.002, 0.06), "pr": (0.003, 0.25), "fr": (0.002, 0.05), "single": (0.003, 0.25)}
 MASK_PROVIDERS = ("boxes", "edges", "boxes+edges", "sam")
 
