@@ -64,6 +64,8 @@ def warm_start(model: ChannelARCodec, path: Path) -> int:
     which a likelihood can underflow to 0 and a step's loss becomes inf (the NaN of the pr-icmh-ce runs warm-started
     from shipped weights). A larger tensor here takes the old one's entries (:func:`widened`): the conditional codec's
     ``[x_d, x̂_m]`` input, a wider synthesis (``pr-icmh-cw`` from ``pr-icmh-ce``) start as the codec they came from.
+    A wider gain table (another slice: ``pr-icmh-cb4`` from ``pr-icmh-cb``) gives its new channels each level's mean
+    gain; the new slice reaches the synthesis through zero weights, so the pixels are still the old codec's.
     """
     state = load_state(path)  # a user-supplied file: tensors only
     source = state.get("model") or state.get("state_dict") or state
