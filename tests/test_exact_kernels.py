@@ -131,7 +131,12 @@ def worst_case_digits(shape: tuple[int, ...], parts: int, generator: torch.Gener
     return torch.stack(planes).to(torch.int8)
 
 
-def worst_case_sums_are_exact(cin: int = 256, cout: int = 64, k: int = 3) -> bool:
+#: the registered models' largest fan-in: pr-icmh-cb4's first synthesis layer (256 latent channels x a 3 x 3
+#: polyphase window)
+LARGEST_FAN_IN = 256 * 9
+
+
+def worst_case_sums_are_exact(cin: int = LARGEST_FAN_IN // 9, cout: int = 64, k: int = 3) -> bool:
     """A fan-in ``cin * k * k`` convolution of extreme digits: int8 kernel sums == float64 sums of the integers."""
     g = torch.Generator().manual_seed(0)
     x_digits = worst_case_digits((1, 9, 11, cin), 2, g)
@@ -151,12 +156,11 @@ print(worst_case_sums_are_exact())
 
 
 def test_worst_case_digits_sum_exactly_at_the_largest_fan_in() -> None:
-    """All GEMM operands at their extremes: the int32 accumulators stay exact at fan-in 2304 (the models' largest: the
-    first synthesis layer of pr-icmh-cb4, 256 latent channels x a 3 x 3 polyphase window)."""
+    """All GEMM operands at their extremes: the int32 accumulators stay exact at the models' largest fan-in."""
     def fan_in(kind: str, cin: int, cout: int, k: int, s: int, p: int, op: int) -> int:
         return cin * ik.polyphase_window(k, s, p) ** 2 if kind == "deconv" else cin * k * k
 
-    assert max(fan_in(*config) for config in registry_layers()) == 256 * 9
+    assert max(fan_in(*config) for config in registry_layers()) == LARGEST_FAN_IN
     assert worst_case_sums_are_exact()
 
 
@@ -172,7 +176,7 @@ def test_worst_case_digits_are_exact_on_cpus_without_vnni(isa: str) -> None:
 
 
 def test_accumulator_bound_is_checked() -> None:
-    ik.check_bound(256 * 9, ACT_PARTS, WEIGHT_PARTS)
+    ik.check_bound(LARGEST_FAN_IN, ACT_PARTS, WEIGHT_PARTS)
     with pytest.raises(ValueError, match="fan-in"):
         ik.check_bound(2**19, 1, 1)  # 2**19 * 64 * 64 = 2**31: one int8 GEMM would overflow int32
     with pytest.raises(ValueError, match="fan-in"):
