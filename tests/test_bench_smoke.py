@@ -98,6 +98,7 @@ def test_human(small_shared: Path, tiny_weights: Path, tmp_path: Path) -> None:
                 assert point["bpp"] == pytest.approx(point["base_bpp"] + point["residual_bpp"])
     assert _finite(data["bd_rate"]["psnr"]["webp"]["jpeg"], data["bd_rate"]["ms_ssim"]["jpeg"]["webp"])
     assert set(data["bd_rate"]["psnr"]["webp"]) == {*LEARNED, "jpeg"}
+    assert set(data["bd_rate"]["psnr"]["single"]) == {*LEARNED, "jpeg", "webp"} - {"single"}  # scalability's cost
     judged = data["bd_rate_judged_rates"]
     assert judged["bpp"] == [0.3, 1.5] and set(judged["psnr"]["webp"]) == {*LEARNED, "jpeg"}
 

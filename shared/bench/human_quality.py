@@ -28,6 +28,8 @@ HUMAN_CODECS = ("sa-icm", "pr-icmh", "pr-icmh-explicit", "pr-icmh-small", "fr-ic
 RESIDUAL_CODECS = ("pr-icmh", "pr-icmh-explicit", "pr-icmh-small", "fr-icmh", "pr-avif")
 HUMAN_DATASETS = ("kodak", TRAFFIC_CAMS)
 ANCHORS = ("webp", "jpeg")
+#: the BD-rate tables' anchors: the classical codecs, and the single-layer reference (what scalability costs)
+BD_ANCHORS = (*ANCHORS, "single")
 #: total bpp over which the human layer is judged against the classical codecs (issue 8: "over 0.3-1.5 bpp total")
 JUDGED_RATES = (0.3, 1.5)
 METRICS = {"psnr": "PSNR RGB (dB)", "ms_ssim": "MS-SSIM"}
@@ -91,12 +93,12 @@ def run_human(options: BenchOptions, base_rate: float, dataset: str = "kodak") -
             "method": options.bd_method,
             "definition": "rate change (%) of the row's codec (total bpp) against the anchor at equal quality; "
                           "negative = fewer bits",
-            **{m: bd_rate_table(curves, m, ANCHORS, list(curves), options.bd_method) for m in METRICS},
+            **{m: bd_rate_table(curves, m, BD_ANCHORS, list(curves), options.bd_method) for m in METRICS},
         },
         "bd_rate_judged_rates": {
             "bpp": list(JUDGED_RATES),
             "definition": "as bd_rate, on the qualities both curves reach between these total bpp",
-            **{m: bd_rate_table(curves, m, ANCHORS, list(curves), options.bd_method, rate_window=JUDGED_RATES)
+            **{m: bd_rate_table(curves, m, BD_ANCHORS, list(curves), options.bd_method, rate_window=JUDGED_RATES)
                for m in METRICS},
         },
         "skipped": lineup.skipped,
