@@ -173,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write OUT/last.pt this often (default %(default)s)")
     t.add_argument("--validate-every", type=int, default=d("validate_every"),
                    help="steps between validations on real bitstreams (default %(default)s)")
-    t.add_argument("--precision", default=d("precision"), choices=("fp32", "bf16"),
+    t.add_argument("--precision", default=d("precision"), choices=("auto", "fp32", "bf16"),
                    help="arithmetic of the transforms g_a / g_s in training; bf16 is ~2x faster on CPUs with AMX "
-                        "or AVX512-BF16, the entropy model stays fp32 (default %(default)s)")
+                        "or AVX512-BF16 and many times slower elsewhere (emulated); auto takes bf16 where it is "
+                        "native; the entropy model stays fp32 (default %(default)s)")
     t.add_argument("--hard-rate", action="store_true",
                    help="fine-tune the decoder side on the rate of the rounded latent with the encoder frozen (the "
                         "'hard' stage of soft-then-hard training, Guo et al., ICML 2021)")

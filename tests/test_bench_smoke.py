@@ -55,6 +55,7 @@ def _load(path: Path) -> dict:
     meta = data["meta"]
     assert meta["command"].startswith("python -m icmh.bench.cli")
     assert meta["git_commit"] and meta["machine"]["cpu"] and meta["machine"]["cores"] >= 1
+    assert meta["machine"]["exact_kernel"] in ("int8", "float64")
     assert {"torch", "compressai", "ultralytics", "opencv-python", "pillow"} <= set(meta["versions"])
     assert set(meta["weights"]) >= {"base"}
     return data

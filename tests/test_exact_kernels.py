@@ -23,8 +23,10 @@ from icmh.codec.exact import (
     ExactCheckerboardConv2d,
     ExactConv2d,
     ExactConvTranspose2d,
+    activation_scale,
     exact_arithmetic,
     exact_kernel,
+    quantize_weight,
 )
 from icmh.codec.models import MODEL_REGISTRY, build_model
 from tests.test_codec import synthetic_photo
@@ -87,6 +89,39 @@ def test_int8_kernel_equals_float64_reference_for_every_registered_layer(config:
         assert fast.dtype == torch.float32 and fast.shape == exact.shape
         assert torch.equal(fast, reference), (config, size)
         assert (fast.double() - exact).abs().max() <= 2e-3 * exact.abs().max() + 1e-6  # 14-bit operands
+
+
+def torch_convolution_of_the_integers(layer: Layer, x: torch.Tensor) -> torch.Tensor:
+    """What the exact path must give, from PyTorch's float64 convolutions of the quantised integers (exact below
+    2**53) and the epilogue ``float32(sum) * (1 / (s_x s_w)) + bias``: a reference sharing no code with the
+    kernels' im2col, sub-pixel phases or GEMMs."""
+    x_scale = activation_scale(x)
+    w_int, w_scale = quantize_weight(layer._effective_weight(), layer._out_dim)
+    x_int = torch.mul(x, x_scale.view(-1, 1, 1, 1)).clamp_(-ACT_LIMIT, ACT_LIMIT).round_().double()
+    if isinstance(layer, ExactConvTranspose2d):
+        sums = F.conv_transpose2d(x_int, w_int, None, layer.stride, layer.padding, layer.output_padding)
+    else:
+        sums = F.conv2d(x_int, w_int, None, layer.stride, layer.padding)
+    factors = (1.0 / (x_scale[:, None].double() * w_scale[None, :].double())).float()
+    return sums.float() * factors[:, :, None, None] + layer.bias.detach()[None, :, None, None]
+
+
+@pytest.mark.parametrize("config", registry_layers(), ids=lambda c: "-".join(map(str, c)))
+def test_both_kernels_equal_torch_convolutions_of_the_integers(config: tuple) -> None:
+    layer = make_layer(*config)
+    x = torch.randn(2, config[1], 5, 4, generator=torch.Generator().manual_seed(config[1]))
+    x[1] = x[1].relu()
+    fast, reference = both_kernels(layer, x)
+    expected = torch_convolution_of_the_integers(layer, x)
+    assert torch.equal(fast, expected) and torch.equal(reference, expected), config
+
+
+def test_checkerboard_kernels_equal_torch_convolution_of_the_masked_integers() -> None:
+    layer = ExactCheckerboardConv2d(16, 24, 5, padding=2).eval()
+    x = torch.randn(1, 16, 7, 6)
+    fast, reference = both_kernels(layer, x)
+    expected = torch_convolution_of_the_integers(layer, x)
+    assert torch.equal(fast, expected) and torch.equal(reference, expected)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
@@ -269,3 +304,17 @@ def test_codec_round_trip_is_identical_with_both_kernels(tiny_weights: Path, mod
         reference = (codec.decode_machine(base), codec.decode_human(base, residual))
     for image, ref in zip(images, reference, strict=True):
         np.testing.assert_array_equal(image, ref)
+
+
+@pytest.mark.parametrize("setting", ["int8", "float64", "auto", "float16"])
+def test_process_kernel_comes_from_the_environment_or_is_measured(setting: str) -> None:
+    """``ICMH_EXACT_KERNEL`` fixes the kernel of threads that chose none; ``auto`` takes the faster one on this CPU
+    (either is right: both give the same integers); an unknown name is refused with the known ones."""
+    script = "from icmh.codec.exact import default_kernel; print(default_kernel())"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "ICMH_EXACT_KERNEL": setting})
+    if setting == "float16":
+        assert run.returncode != 0 and "exact kernel must be one of int8, float64" in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == setting if setting != "auto" else run.stdout.strip() in ("int8", "float64")

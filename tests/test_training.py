@@ -17,12 +17,21 @@ from icmh.codec import ScalableCodec
 from icmh.codec.api import image_to_tensor
 from icmh.codec.exact import exact_arithmetic
 from icmh.codec.models import build_model
+from icmh.codec.precision import native_bf16
 from icmh.codec.weights import export_weights
 from icmh.splits import check_training_path, video_frames
 from icmh.training.data import load_detection_monitor_set, load_training_set
 from icmh.training.detector_features import DetectorFeatureLoss
 from icmh.training.masks import SamBoundaries, boxes_to_mask, edge_mask
-from icmh.training.trainer import MAX_FAILED_STEPS, WARMUP_STEPS, TrainConfig, Trainer, accuracy_at, warm_start
+from icmh.training.trainer import (
+    MAX_FAILED_STEPS,
+    WARMUP_STEPS,
+    TrainConfig,
+    Trainer,
+    accuracy_at,
+    training_precision,
+    warm_start,
+)
 from tests.test_codec import kodak
 
 
@@ -550,3 +559,48 @@ def test_fourth_slice_warm_started_from_pr_icmh_cb_starts_as_that_codec(tmp_path
     out = four(x_d, q, x_m, ym_hat)
     ((out["x_hat"] - x_d) ** 2).mean().backward()
     assert four.g_s.get_submodule("0").weight.grad[old:].abs().sum() > 0
+
+
+def test_deeper_synthesis_warm_started_from_pr_icmh_cb4_decodes_the_same_pixels(tmp_path: Path) -> None:
+    """pr-icmh-cb4d from a pr-icmh-cb4 checkpoint: the new residual blocks start as the identity and the new
+    full-resolution feature channels reach the refinement through zero weights, so training and exact decoding give
+    the old codec's pixels; a backward pass reaches the new weights."""
+    torch.manual_seed(8)
+    old = build_model("pr-icmh-cb4-tiny")
+    with torch.no_grad():  # as after training: the zero-initialised refinement and x̂_m input have moved
+        for layer in (old.g_s.refine[-1], old.g_s.machine_half):
+            layer.weight.normal_(0, 0.05)
+    torch.save({"model": old.state_dict()}, tmp_path / "old.pt")
+    deep = build_model("pr-icmh-cb4d-tiny")
+    assert warm_start(deep, tmp_path / "old.pt") == len(dict(old.named_parameters()))
+    x_d, x_m, q = torch.rand(1, 3, 128, 192) - 0.5, torch.rand(1, 3, 128, 192), torch.tensor([180])
+    ym_hat = torch.randn(1, deep.machine_latent, 8, 12) * 4
+    with torch.no_grad():
+        outs = []
+        for model in (old, deep):
+            torch.manual_seed(1)
+            outs.append(model.train()(x_d, q, x_m, ym_hat))
+        assert torch.equal(outs[0]["x_hat"], outs[1]["x_hat"])
+        decoded = []
+        for model in (old, deep):
+            model.eval()
+            model.update(force=True)
+            coded = model.compress(x_d, q, x_m, ym_hat)
+            decoded.append(model.decompress(coded["strings"], coded["shape"], q, x_m, ym_hat)["x_hat"])
+    assert decoded[0].shape == decoded[1].shape == x_d.shape
+    torch.testing.assert_close(decoded[0], decoded[1], atol=1e-3, rtol=0)
+    deep.train()
+    out = deep(x_d, q, x_m, ym_hat)
+    ((out["x_hat"] - x_d) ** 2).mean().backward()
+    assert deep.g_s.refine[0].weight.grad[:, 6:].abs().sum() > 0
+    assert deep.g_s.latent_block.body[-1].weight.grad.abs().sum() > 0
+    assert deep.g_s.blocks["0_1"].body[-1].weight.grad.abs().sum() > 0
+
+
+def test_training_precision_auto_takes_bfloat16_only_where_it_is_native(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--precision auto`` (the default) is bf16 exactly where oneDNN has native bfloat16; an explicit bf16 on a
+    CPU without it is kept but warned about (emulated bfloat16 made training steps ~10x slower on an AVX2 EPYC)."""
+    assert training_precision("auto") == ("bf16" if native_bf16() else "fp32")
+    assert training_precision("fp32") == "fp32"
+    assert training_precision("bf16") == "bf16"
+    assert ("emulated" in capsys.readouterr().err) is not native_bf16()

@@ -147,6 +147,13 @@ def analysis_precision_in_use() -> str:
     return resolved_precision()
 
 
+def exact_kernel_in_use() -> str:
+    """The exact path's kernel of this process (``int8`` or ``float64``, :func:`icmh.codec.exact.default_kernel`)."""
+    from icmh.codec.exact import default_kernel
+
+    return default_kernel()
+
+
 def run_metadata(command: str, image_count: int, threads: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Facts needed to reproduce or compare a run."""
     return {
@@ -156,7 +163,7 @@ def run_metadata(command: str, image_count: int, threads: int, extra: dict[str, 
         **source_state(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch_threads": threads,
-                    "analysis_precision": analysis_precision_in_use()},
+                    "analysis_precision": analysis_precision_in_use(), "exact_kernel": exact_kernel_in_use()},
         "versions": package_versions(),
         "tool_versions": tool_versions(),
         **(extra or {}),

@@ -9,10 +9,12 @@ decoder must reproduce bit for bit runs on *integers*:
 * its input is quantised per sample to 14-bit integers: ``round(x * s)`` with ``s = ACT_LIMIT / max|x|``, one
   float32 multiplication and rounding per value;
 * its weights per output channel to 14-bit integers, the same way (``WEIGHT_LIMIT``);
-* the convolution of these integers is computed exactly, by one of two kernels that give the same integers
-  (:func:`exact_kernel`): ``int8`` (the default: base-128 digits, int8 GEMMs with int32 accumulation,
-  :mod:`icmh.codec.int_kernels`) or the ``float64`` reference (``F.conv2d`` on the integer-valued operands,
-  exact below 2**53);
+* the convolution of these integers is computed exactly, as GEMMs over an im2col of the input (a transposed
+  convolution as sub-pixel phases; :mod:`icmh.codec.int_kernels`), by one of two kernels that give the same
+  integers (:func:`exact_kernel`): ``int8`` (base-128 digits, int8 GEMMs with int32 accumulation) or ``float64``
+  (GEMMs of the integer values themselves, exact below 2**53). Which one is faster depends on the CPU: with VNNI
+  / AMX int8 GEMMs win; on an AVX2-only AMD EPYC ``torch._int_mm`` ran ~30x slower than a float32 GEMM of the
+  same shape. By default each process times both once (:func:`default_kernel`); ``ICMH_EXACT_KERNEL`` fixes it;
 * the epilogue ``float32(sum) * (1 / (s_x s_w)) + bias`` is three IEEE float32 operations per value.
 
 Maxima, rounding, ReLU and single IEEE multiplications and additions are exact or correctly rounded on every
@@ -25,13 +27,15 @@ encoder's analysis transform, which runs in float32).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import int_kernels
@@ -43,13 +47,14 @@ ACT_LIMIT = digit_limit(ACT_PARTS)
 WEIGHT_LIMIT = digit_limit(WEIGHT_PARTS)
 MIN_PEAK = 2.0**-30  # smaller maxima count as this: scales stay below 2**43, no epilogue product is subnormal
 KERNELS = ("int8", "float64")
+KERNEL_ENV = "ICMH_EXACT_KERNEL"  # int8 | float64 | auto (the default: the faster one, measured once per process)
 
 
 class _ExactSwitch(threading.local):
     """Per-thread settings: one thread's fast float32 decode must never change another thread's pixels."""
 
     enabled = True
-    kernel = "int8"
+    kernel: str | None = None  # None: the process's default_kernel()
     pixels = True
 
 
@@ -90,18 +95,43 @@ def fast_synthesis_requested() -> bool:
 
 @contextlib.contextmanager
 def exact_kernel(name: str) -> Iterator[None]:
-    """Select the kernel of the exact path in the calling thread: ``int8`` or the ``float64`` reference.
+    """Select the kernel of the exact path in the calling thread: ``int8`` or ``float64``.
 
     Both compute the same integers, so the choice changes speed, never a bit of the output.
     """
-    if name not in KERNELS:
-        raise ValueError(f"exact kernel must be one of {', '.join(KERNELS)}, got {name!r}")
     previous = _switch.kernel
-    _switch.kernel = name
+    _switch.kernel = _checked_kernel(name)
     try:
         yield
     finally:
         _switch.kernel = previous
+
+
+def _checked_kernel(name: str) -> str:
+    if name not in KERNELS:
+        raise ValueError(f"exact kernel must be one of {', '.join(KERNELS)}, got {name!r}")
+    return name
+
+
+@functools.cache
+def default_kernel() -> str:
+    """The kernel of threads that chose none: ``ICMH_EXACT_KERNEL``, or (unset / ``auto``) the faster of the two on
+    this CPU, timed once on a 1x1 layer like the entropy networks' (both give the same integers, so the choice can
+    only change speed)."""
+    name = os.environ.get(KERNEL_ENV, "auto")
+    if name != "auto":
+        return _checked_kernel(name)
+    layer = ExactConv2d(128, 128, 1).eval()
+    x = torch.linspace(-1.0, 1.0, 128 * 16 * 24).view(1, 128, 16, 24)
+    times = {}
+    with torch.no_grad():
+        for kernel in KERNELS:
+            with exact_kernel(kernel):
+                layer(x)
+                start = time.perf_counter()
+                layer(x)
+                times[kernel] = time.perf_counter() - start
+    return min(times, key=times.__getitem__)
 
 
 def _scale(peak: Tensor, limit: int) -> Tensor:
@@ -138,14 +168,23 @@ def quantize_weight(weight: Tensor, out_dim: int) -> tuple[Tensor, Tensor]:
 
 
 class _Operands:
-    """A layer's integer weights for both kernels and its per-channel epilogue terms (cached per weight version)."""
+    """A layer's integer weights, its GEMM plan per kernel (made when first used) and its per-channel epilogue terms
+    (cached per weight version)."""
 
-    def __init__(self, key: tuple, w_int: Tensor, plan: int_kernels.GemmPlan, scale: Tensor, bias: Tensor) -> None:
+    def __init__(self, key: tuple, w_int: Tensor, planner: Callable[[Tensor, int | None], int_kernels.GemmPlan],
+                 scale: Tensor, bias: Tensor) -> None:
         self.key = key
-        self.w_int = w_int  # float64, nn layout: the float64 reference kernel
-        self.plan = plan  # int8 digits in GEMM order: the int8 kernel
+        self.w_int = w_int  # float64, nn layout
+        self.planner = planner
+        self.plans: dict[str, int_kernels.GemmPlan] = {}
         self.scale = scale  # float32 [Cout]
         self.bias = bias  # float32 [Cout]
+
+    def plan(self, kernel: str) -> int_kernels.GemmPlan:
+        """int8 digits (``int8``) or float64 integers (``float64``) in GEMM order."""
+        if kernel not in self.plans:
+            self.plans[kernel] = self.planner(self.w_int, WEIGHT_PARTS if kernel == "int8" else None)
+        return self.plans[kernel]
 
 
 class _ExactMixin:
@@ -181,8 +220,8 @@ class _ExactMixin:
         """The weight the layer computes with (a masked convolution zeroes some of its taps)."""
         return self.weight
 
-    def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
-        """The int8 kernel's GEMM plan of the integer weights."""
+    def _plan(self, w_int: Tensor, parts: int | None) -> int_kernels.GemmPlan:
+        """The GEMM plan of the integer weights: ``parts`` digits each (int8 kernel) or float64 (``None``)."""
         raise NotImplementedError
 
     def _operands(self) -> _Operands:
@@ -193,18 +232,19 @@ class _ExactMixin:
             return cached
         w_int, scale = quantize_weight(self._effective_weight(), self._out_dim)
         b = torch.zeros(self.out_channels) if bias is None else bias.detach().float()
-        cached = _Operands(key, w_int, self._plan(w_int), scale, b)
+        cached = _Operands(key, w_int, self._plan, scale, b)
         self._cached = cached
         return cached
 
-    def _run(self, x: Tensor, out_size: tuple[int, int], reference: Callable[[Tensor, Tensor], Tensor],
-             crop: tuple[int, int, int, int], border: tuple[int, int, int, int]) -> Tensor:
+    def _run(self, x: Tensor, out_size: tuple[int, int], crop: tuple[int, int, int, int],
+             border: tuple[int, int, int, int]) -> Tensor:
         """Quantise ``x``, run the selected kernel with the shared epilogue, return NCHW float32.
 
-        The int8 kernel reads input rows ``crop[0]:crop[1]`` and columns ``crop[2]:crop[3]`` with a zero
-        ``border`` (top, bottom, left, right); the float64 reference reads the whole input.
+        The kernels read input rows ``crop[0]:crop[1]`` and columns ``crop[2]:crop[3]`` with a zero ``border``
+        (top, bottom, left, right).
         """
         ops = self._operands()
+        kernel = _switch.kernel or default_kernel()
         x = x.detach().float()
         nhwc = x.permute(0, 2, 3, 1)
         x_scale = activation_scale(x)
@@ -215,15 +255,10 @@ class _ExactMixin:
             target.copy_(sums).mul_(factors[n]).add_(ops.bias)
 
         out = torch.empty((x.shape[0], *out_size, self.out_channels))
-        if _switch.kernel == "float64":
-            digits = int_kernels.quantize(nhwc, x_scale, ACT_PARTS)
-            sums = reference(int_kernels.compose(digits).permute(0, 3, 1, 2), ops.w_int).permute(0, 2, 3, 1)
-            for n in range(x.shape[0]):
-                epilogue(sums[n], n, out[n])
-        else:
-            y0, y1, x0, x1 = crop
-            digits = int_kernels.quantize(nhwc[:, y0:y1, x0:x1], x_scale, ACT_PARTS, border)
-            int_kernels.run(digits, ops.plan, epilogue, out)
+        y0, y1, x0, x1 = crop
+        quantize = int_kernels.quantize_float64 if kernel == "float64" else int_kernels.quantize
+        operand = quantize(nhwc[:, y0:y1, x0:x1], x_scale, ACT_PARTS, border)
+        int_kernels.run(operand, ops.plan(kernel), epilogue, out)
         return out.permute(0, 3, 1, 2)
 
 
@@ -234,8 +269,8 @@ class ExactConv2d(_ExactMixin, nn.Conv2d):
         super().__init__(*args, **kwargs)
         self._check_layer(self.in_channels * math.prod(self.kernel_size))
 
-    def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
-        return int_kernels.conv_plan(w_int, self.stride[0], WEIGHT_PARTS)
+    def _plan(self, w_int: Tensor, parts: int | None) -> int_kernels.GemmPlan:
+        return int_kernels.conv_plan(w_int, self.stride[0], parts)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._use_exact():
@@ -243,8 +278,7 @@ class ExactConv2d(_ExactMixin, nn.Conv2d):
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
         h, w = x.shape[2:]
         out_size = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
-        return self._run(x, out_size, lambda x_int, w_int: F.conv2d(x_int, w_int, None, s, p), (0, h, 0, w),
-                         (p, p, p, p))
+        return self._run(x, out_size, (0, h, 0, w), (p, p, p, p))
 
 
 class ExactCheckerboardConv2d(ExactConv2d):
@@ -263,11 +297,11 @@ class ExactCheckerboardConv2d(ExactConv2d):
     def _effective_weight(self) -> Tensor:
         return self.weight * self.mask
 
-    def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
-        """The int8 kernel gathers and multiplies only the unmasked taps (about half of them)."""
+    def _plan(self, w_int: Tensor, parts: int | None) -> int_kernels.GemmPlan:
+        """The kernels gather and multiply only the unmasked taps (about half of them)."""
         k = self.kernel_size[0]
         taps = [(jy, jx) for jy in range(k) for jx in range(k) if self.mask[0, 0, jy, jx]]
-        return int_kernels.conv_plan(w_int, self.stride[0], WEIGHT_PARTS, taps)
+        return int_kernels.conv_plan(w_int, self.stride[0], parts, taps)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._use_exact():
@@ -285,8 +319,8 @@ class ExactConvTranspose2d(_ExactMixin, nn.ConvTranspose2d):
         window = int_kernels.polyphase_window(self.kernel_size[0], self.stride[0], self.padding[0])
         self._check_layer(self.in_channels * window**2)
 
-    def _plan(self, w_int: Tensor) -> int_kernels.GemmPlan:
-        return int_kernels.transposed_plan(w_int, self.stride[0], self.padding[0], WEIGHT_PARTS)
+    def _plan(self, w_int: Tensor, parts: int | None) -> int_kernels.GemmPlan:
+        return int_kernels.transposed_plan(w_int, self.stride[0], self.padding[0], parts)
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if not self._use_exact():
@@ -299,5 +333,4 @@ class ExactConvTranspose2d(_ExactMixin, nn.ConvTranspose2d):
         ho, wo = ((size - 1) * s - 2 * p + k + op for size, op in zip((h, w), output_padding, strict=True))
         y0, y1, top, bottom = int_kernels.polyphase_input(h, ho, k, s, p)
         x0, x1, left, right = int_kernels.polyphase_input(w, wo, k, s, p)
-        return self._run(x, (ho, wo), lambda x_int, w_int: F.conv_transpose2d(x_int, w_int, None, s, p, output_padding),
-                         (y0, y1, x0, x1), (top, bottom, left, right))
+        return self._run(x, (ho, wo), (y0, y1, x0, x1), (top, bottom, left, right))

@@ -35,6 +35,8 @@ INT32_LIMIT = 2**31
 EXACT_FLOAT64 = 2**53
 COLUMN_BYTES = 4 * 2**20  # im2col budget of one row tile (int8 columns of all activation digits)
 PRODUCT_BYTES = 2 * 2**20  # budget of one row tile's int32 digit products
+FLOAT64_BUDGET = 2  # the float64 kernel's tiles may take twice the bytes (2-core AMD EPYC, 1280x720, the last two
+# layers of sa-icm's synthesis: 4 MB 286 / 127 ms, 8 MB 163 / 114 ms, 16 MB 162 / 162 ms, medians of 5)
 MERGE_BELOW = 16  # transposed convolutions with fewer output channels run all sub-pixel phases in one GEMM
 CHUNK_VALUES = 2**18  # values per step of the digit split: 1 MB float32 buffers; smaller steps cost more in
 # per-operation overhead than they gain in cache hits (1280x720 machine decode: 2**14 374 ms, 2**18 320 ms)
@@ -112,6 +114,18 @@ def quantize(x: Tensor, scale: Tensor, parts: int, pads: tuple[int, int, int, in
     return out
 
 
+def quantize_float64(x: Tensor, scale: Tensor, parts: int, pads: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Tensor:
+    """The integers :func:`quantize` writes in digits, as one float64 plane ``[1, N, H + top + bottom,
+    W + left + right, C]`` (the operand of the float64 kernel): the same float32 product and round-half-to-even."""
+    top, bottom, left, right = pads
+    n, h, w, c = x.shape
+    limit = float(digit_limit(parts))
+    out = torch.zeros((1, n, h + top + bottom, w + left + right, c), dtype=torch.float64)
+    q = torch.mul(x, scale.view(-1, 1, 1, 1)).clamp_(-limit, limit).round_()
+    out[0, :, top : top + h, left : left + w].copy_(q)
+    return out
+
+
 def compose(digits: Tensor) -> Tensor:
     """The float64 integers ``sum_j d_j 128^j`` of digit planes ``[parts, ...]`` (exact)."""
     total = digits[-1].double()
@@ -178,8 +192,14 @@ class GemmPlan:
     weight_parts: int
 
 
+def _gemm_operand(w_mat: Tensor, parts: int | None) -> Tensor:
+    """The GEMM operand of an integer weight matrix ``[K, Cout]``: int8 digits (:func:`weight_digits`) or, with
+    ``parts=None``, the float64 integers themselves (the float64 kernel)."""
+    return w_mat.double().contiguous() if parts is None else weight_digits(w_mat, parts)
+
+
 def _phase_gemm(taps: list[tuple[int, int]], phases: dict[tuple[int, int], dict[tuple[int, int], Tensor]],
-                cin: int, cout: int, parts: int) -> Phase:
+                cin: int, cout: int, parts: int | None) -> Phase:
     """One GEMM for ``phases`` ((a, b) -> used tap -> [Cin, Cout] weights) over the smallest tap range covering
     their taps; taps in the range that a phase does not use get zero weights."""
     positions = [i for i, tap in enumerate(taps) if any(tap in used for used in phases.values())]
@@ -190,17 +210,18 @@ def _phase_gemm(taps: list[tuple[int, int]], phases: dict[tuple[int, int], dict[
         for i in range(start, stop):
             if taps[i] in used:
                 w_mat[i - start] = used[taps[i]]
-        blocks.append(weight_digits(w_mat.view(-1, cout), parts))
+        blocks.append(_gemm_operand(w_mat.view(-1, cout), parts))
     return Phase(tuple(phases), start, stop, torch.cat(blocks, dim=1).contiguous())
 
 
-def conv_plan(w_int: Tensor, stride: int, parts: int, taps: list[tuple[int, int]] | None = None) -> GemmPlan:
+def conv_plan(w_int: Tensor, stride: int, parts: int | None, taps: list[tuple[int, int]] | None = None) -> GemmPlan:
     """Plan of a correlation with integer weights ``[Cout, Cin, k, k]``: one phase over ``taps`` (default: all, in
-    row-major order). Taps left out must have zero weights (a masked convolution): im2col and the GEMM skip them."""
+    row-major order). Taps left out must have zero weights (a masked convolution): im2col and the GEMM skip them.
+    ``parts`` digits per weight for the int8 kernel, ``None`` for float64 operands."""
     cout, cin, k, _ = w_int.shape
     taps = [(jy, jx) for jy in range(k) for jx in range(k)] if taps is None else taps
     used = {(jy, jx): w_int[:, :, jy, jx].t() for jy, jx in taps}
-    return GemmPlan(taps, stride, 1, [_phase_gemm(taps, {(0, 0): used}, cin, cout, parts)], parts)
+    return GemmPlan(taps, stride, 1, [_phase_gemm(taps, {(0, 0): used}, cin, cout, parts)], parts or 1)
 
 
 def polyphase(kernel: int, stride: int, padding: int) -> tuple[int, list[list[tuple[int, int]]]]:
@@ -242,7 +263,7 @@ def _tap_order(window: int, sets: list[set[int]]) -> list[tuple[int, int]]:
     return order + [tap for tap in row_major if tap not in order]
 
 
-def transposed_plan(w_int: Tensor, stride: int, padding: int, parts: int) -> GemmPlan:
+def transposed_plan(w_int: Tensor, stride: int, padding: int, parts: int | None) -> GemmPlan:
     """Plan of a transposed convolution with integer weights ``[Cin, Cout, k, k]``: ``stride**2`` ordinary
     stride-1 convolutions (sub-pixel phases) sharing one im2col window.
 
@@ -260,7 +281,7 @@ def transposed_plan(w_int: Tensor, stride: int, padding: int, parts: int) -> Gem
             if not taps[a, b]:
                 raise ValueError("transposed convolutions with a kernel smaller than the stride are not supported")
     groups = [taps] if cout < MERGE_BELOW else [{ab: used} for ab, used in taps.items()]
-    return GemmPlan(order, 1, stride, [_phase_gemm(order, group, cin, cout, parts) for group in groups], parts)
+    return GemmPlan(order, 1, stride, [_phase_gemm(order, group, cin, cout, parts) for group in groups], parts or 1)
 
 
 def polyphase_input(size: int, out_size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int]:
@@ -277,9 +298,17 @@ def run(x_digits: Tensor, plan: GemmPlan, epilogue: Epilogue, out: Tensor) -> No
     """Run ``plan`` on padded digit planes ``[P, N, Hp, Wp, C]``; writes ``out`` ``[N, Ho, Wo, Cout]`` by row tiles.
 
     Phases that ``out`` does not cover entirely (``Ho`` or ``Wo`` not a multiple of the phase count) go through a
-    padded buffer. All per-tile work happens in buffers allocated once per call.
+    padded buffer. All per-tile work happens in buffers allocated once per call. float64 operands (one plane of
+    integer values, a plan made with ``parts=None``) run as float64 GEMMs, exact while the sums stay below 2**53
+    (:func:`check_bound`): the same integers as the int8 digits.
     """
     parts, n_batch, _, _, channels = x_digits.shape
+    exact_float = x_digits.dtype == torch.float64
+    if exact_float != (plan.phases[0].weights.dtype == torch.float64) or (exact_float and parts != 1):
+        raise ValueError("float64 operands need a float64 plan (parts=None) and one plane")
+    gemm = torch.mm if exact_float else torch._int_mm
+    item = x_digits.element_size()
+    product_item = 8 if exact_float else 4
     n, ho, wo, cout = out.shape
     s = plan.subpixel
     hm, wm = -(-ho // s), -(-wo // s)
@@ -289,9 +318,11 @@ def run(x_digits: Tensor, plan: GemmPlan, epilogue: Epilogue, out: Tensor) -> No
     stride = plan.stride
     k = len(plan.taps) * channels
     widest = max(ph.weights.shape[1] for ph in plan.phases)
-    rows = max(1, min(hm, COLUMN_BYTES // max(1, parts * wm * k), PRODUCT_BYTES // max(1, 4 * parts * wm * widest)))
-    cols_buf = torch.empty((parts, rows, wm, len(plan.taps), channels), dtype=torch.int8)
-    products = torch.empty((parts, rows * wm * widest), dtype=torch.int32)
+    budget = FLOAT64_BUDGET if exact_float else 1
+    rows = max(1, min(hm, budget * COLUMN_BYTES // max(1, item * parts * wm * k),
+                      budget * PRODUCT_BYTES // max(1, product_item * parts * wm * widest)))
+    cols_buf = torch.empty((parts, rows, wm, len(plan.taps), channels), dtype=x_digits.dtype)
+    products = torch.empty((parts, rows * wm * widest), dtype=torch.float64 if exact_float else torch.int32)
     row_sums = torch.empty((parts, rows * wm * cout), dtype=torch.int32)
     wide = torch.empty((2, rows * wm * cout), dtype=torch.float64)
     for i in range(n_batch):
@@ -309,12 +340,16 @@ def run(x_digits: Tensor, plan: GemmPlan, epilogue: Epilogue, out: Tensor) -> No
                 ncol = ph.weights.shape[1]
                 prod = products[:, : m * ncol].view(parts, m, ncol)
                 for p in range(parts):
-                    torch._int_mm(cols[p, :, ph.start * channels : ph.stop * channels], ph.weights, out=prod[p])
+                    gemm(cols[p, :, ph.start * channels : ph.stop * channels], ph.weights, out=prod[p])
                 by_output = prod.view(parts, m, len(ph.outputs), plan.weight_parts, cout)
                 for o, (a, b) in enumerate(ph.outputs):
                     target = grid[i, r0:r1, a, :, b]
-                    sums = _combine(by_output[:, :, o], (ph.stop - ph.start) * channels,
-                                    row_sums[:, : m * cout].view(parts, m, cout), wide[:, : m * cout].view(2, m, cout))
+                    if exact_float:
+                        sums = by_output[0, :, o, 0]
+                    else:
+                        sums = _combine(by_output[:, :, o], (ph.stop - ph.start) * channels,
+                                        row_sums[:, : m * cout].view(parts, m, cout),
+                                        wide[:, : m * cout].view(2, m, cout))
                     epilogue(sums.view(target.shape), i, target)
     if full is not out:
         out.copy_(full[:, :ho, :wo])

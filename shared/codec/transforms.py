@@ -126,16 +126,22 @@ class ResidualBlock(nn.Module):
 class ConditionalSynthesis(nn.Module):
     """g_s of the conditional residual codec: a plain synthesis (``plain``), with the machine image x̂_m joined in.
 
-    ``x̂_d = r + refine([r, x̂_m])`` with ``r = plain(ŷ_d)`` whose last hidden (half-resolution) features receive
-    ``machine_half(x̂_m)``. The layers of ``plain`` keep their names (``0`` .. ``2k``), so an explicit PR-ICMH
-    checkpoint loads into it; ``machine_half`` and the last layer of ``refine`` start at zero, which makes the
-    conditional codec start as exactly that PR-ICMH. ``block_widths`` (coarse to fine, one per hidden stage, 0 for
-    none) put a :class:`ResidualBlock` of that hidden width after a stage (after ``machine_half`` joins the last
-    one): starting as the identity, they deepen a trained synthesis without changing what it decodes. Every layer is
-    exact (decoder side).
+    ``x̂_d = r + refine([r, x̂_m, f])`` with ``[r, f] = plain(ŷ_d)`` whose last hidden (half-resolution) features
+    receive ``machine_half(x̂_m)``; ``r`` has the 3 pixel channels, ``f`` the ``features`` full-resolution feature
+    channels that the last layer of ``plain`` gives beyond them (0: none). The layers of ``plain`` keep their names
+    (``0`` .. ``2k``), so an explicit PR-ICMH checkpoint loads into it; ``machine_half`` and the last layer of
+    ``refine`` start at zero, which makes the conditional codec start as exactly that PR-ICMH. ``block_widths``
+    (coarse to fine, one entry per hidden stage: a hidden width, 0 for none, or a tuple of widths for several
+    blocks) put :class:`ResidualBlock` s after a stage (after ``machine_half`` joins the last one), and
+    ``latent_block`` one on ŷ_d before the first layer: starting as the identity, they deepen a trained synthesis
+    without changing what it decodes; so do ``features`` added to a trained one (``refine`` ignores them until
+    training moves its zero weights). Every layer is exact (decoder side).
     """
 
-    def __init__(self, plain: nn.Sequential, refine_width: int = 24, block_widths: Sequence[int] = ()) -> None:
+    def __init__(
+        self, plain: nn.Sequential, refine_width: int = 24, block_widths: Sequence[int | Sequence[int]] = (),
+        latent_block: int = 0, features: int = 0,
+    ) -> None:
         super().__init__()
         self.layers = len(plain)
         for name, layer in plain.named_children():
@@ -143,28 +149,39 @@ class ConditionalSynthesis(nn.Module):
         stages = [layer.out_channels for layer in plain if isinstance(layer, nn.ConvTranspose2d)][:-1]
         if len(block_widths) > len(stages):
             raise ValueError(f"{len(block_widths)} block widths for {len(stages)} hidden stages")
-        self.blocks = nn.ModuleDict(
-            {str(i): ResidualBlock(stages[i], hidden) for i, hidden in enumerate(block_widths) if hidden}
-        )
+        self.blocks = nn.ModuleDict()
+        for i, hidden in enumerate(block_widths):
+            for j, width in enumerate((hidden,) if isinstance(hidden, int) else hidden):
+                if width:  # the first block of stage i is named "i" (as before several blocks per stage existed)
+                    self.blocks[f"{i}_{j}" if j else str(i)] = ResidualBlock(stages[i], width)
+        self.latent_block = ResidualBlock(plain[0].in_channels, latent_block) if latent_block else None
         last = plain[-1]
+        self.features = features
+        pixels = last.out_channels - features
         self.machine_half = exact_conv(3, last.in_channels, 5, stride=2)
         self.refine = nn.Sequential(
             exact_conv(last.out_channels + 3, refine_width), nn.ReLU(inplace=True),
-            exact_conv(refine_width, last.out_channels),
+            exact_conv(refine_width, pixels),
         )
         for zero in (self.machine_half, self.refine[-1]):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 
+    def _stage_blocks(self, stage: int) -> list[nn.Module]:
+        return [block for name, block in self.blocks.items() if name.split("_")[0] == str(stage)]
+
     def forward(self, y: Tensor, x_m: Tensor) -> Tensor:
-        h = y
+        h = y if self.latent_block is None else self.latent_block(y)
         for i in range(self.layers - 1):
             h = self._modules[str(i)](h)
             if i % 2 == 0:  # a transposed convolution; its ReLU follows
                 continue
             if i == self.layers - 2:
                 h = h + self.machine_half(x_m)
-            if (stage := str(i // 2)) in self.blocks:
-                h = self.blocks[stage](h)
-        r = self._modules[str(self.layers - 1)](h)
-        return r + self.refine(torch.cat([r, x_m], dim=1))
+            for block in self._stage_blocks(i // 2):
+                h = block(h)
+        out = self._modules[str(self.layers - 1)](h)
+        if not self.features:
+            return out + self.refine(torch.cat([out, x_m], dim=1))
+        r, f = out[:, : -self.features], out[:, -self.features :]
+        return r + self.refine(torch.cat([r, x_m, f], dim=1))

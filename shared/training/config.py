@@ -40,7 +40,7 @@ class TrainConfig:
     init_from: Path | None = None  # warm start (matching parameters only)
     background_weight: float = 0.0  # base: weight of the squared error outside the mask (0: SA-ICM as published)
     feature_weight: float = 0.0  # base: weight of the detector-feature distance (0: SA-ICM as published)
-    precision: str = "fp32"  # arithmetic of g_a / g_s in training: fp32 | bf16 (entropy model always fp32)
+    precision: str = "auto"  # arithmetic of g_a / g_s in training: auto | fp32 | bf16 (entropy model always fp32)
     hard_rate: bool = False  # soft then hard: rate of the rounded latent, encoder frozen (decoder-side fine-tuning)
 
     def lambdas(self) -> tuple[float, float]:
