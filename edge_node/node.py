@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 from icmh.codec.api import ScalableCodec
+from icmh.codec.exact import kernel_description
 from icmh.rpc import edge_pb2
 from icmh.service.process import MetricsEndpoint
 from icmh.service.residual_modes import PROTO_OF_MODE
@@ -63,8 +64,9 @@ class EdgeNode:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._metrics_endpoint: MetricsEndpoint | None = None
-        log.info("camera %s: %s %s at %dx%d, %s residual (%s)", settings.camera_id, self.source.kind,
-                 settings.source, width, height, settings.mode, settings.residual_policy)
+        log.info("camera %s: %s %s at %dx%d, %s residual (%s); exact entropy-model kernel: %s", settings.camera_id,
+                 self.source.kind, settings.source, width, height, settings.mode, settings.residual_policy,
+                 kernel_description())
 
     def _watch_store(self) -> None:
         m, store = self.metrics, self.store

@@ -310,11 +310,14 @@ def test_codec_round_trip_is_identical_with_both_kernels(tiny_weights: Path, mod
 def test_process_kernel_comes_from_the_environment_or_is_measured(setting: str) -> None:
     """``ICMH_EXACT_KERNEL`` fixes the kernel of threads that chose none; ``auto`` takes the faster one on this CPU
     (either is right: both give the same integers); an unknown name is refused with the known ones."""
-    script = "from icmh.codec.exact import default_kernel; print(default_kernel())"
+    script = "from icmh.codec.exact import default_kernel, kernel_description as d; print(default_kernel()); print(d())"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT,
                          env={**os.environ, "ICMH_EXACT_KERNEL": setting})
     if setting == "float16":
         assert run.returncode != 0 and "exact kernel must be one of int8, float64" in run.stderr
     else:
         assert run.returncode == 0, run.stderr
-        assert run.stdout.strip() == setting if setting != "auto" else run.stdout.strip() in ("int8", "float64")
+        kernel, description = run.stdout.splitlines()
+        assert kernel == setting if setting != "auto" else kernel in ("int8", "float64")
+        source = "the faster one on this CPU" if setting == "auto" else "ICMH_EXACT_KERNEL"
+        assert description == f"{kernel} ({source})"

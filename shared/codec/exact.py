@@ -134,6 +134,12 @@ def default_kernel() -> str:
     return min(times, key=times.__getitem__)
 
 
+def kernel_description() -> str:
+    """The process's exact kernel and where the choice came from, for a service's start-up log."""
+    source = KERNEL_ENV if os.environ.get(KERNEL_ENV, "auto") != "auto" else "the faster one on this CPU"
+    return f"{default_kernel()} ({source})"
+
+
 def _scale(peak: Tensor, limit: int) -> Tensor:
     """float32 factors ``limit / max(peak, MIN_PEAK)`` from exact maxima; refuses non-finite values."""
     if not bool(torch.isfinite(peak).all()):
