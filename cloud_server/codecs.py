@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from icmh.codec import classical_residual
-from icmh.codec.api import LEARNED_MODES, MODE_OF_KIND, ScalableCodec
+from icmh.codec.api import LEARNED_MODES, MODE_OF_KIND, DecodedBase, ScalableCodec
 from icmh.codec.bitstream import BitstreamError, LayerHeader, LayerKind, unpack
 from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR, LoadedModel, load_layer
 from icmh.rpc import edge_pb2
@@ -69,12 +69,19 @@ class CloudCodecs:
         with self._lock:
             return self._codecs["machine"].decode_machine(base, exact_pixels)
 
-    def decode_human(self, base: bytes, residual: bytes, exact_pixels: bool = True) -> np.ndarray:
+    def decode_base(self, base: bytes, exact_pixels: bool = True, machine: bool = True) -> DecodedBase:
+        """What a human view needs of the base layer alone (:meth:`ScalableCodec.decode_base`), decoded while the
+        residual layer is on its way."""
+        with self._lock:
+            return self._codecs["machine"].decode_base(base, exact_pixels, machine)
+
+    def decode_human(self, base: bytes, residual: bytes, exact_pixels: bool = True,
+                     decoded_base: DecodedBase | None = None) -> np.ndarray:
         """Human image from a base layer and its residual layer (PR, FR or AVIF, as the residual says);
-        ``exact_pixels=False``: float synthesis (an operator's view)."""
+        ``exact_pixels=False``: float synthesis (an operator's view); ``decoded_base`` from :meth:`decode_base`."""
         codec = self._residual_codec(residual)
         with self._lock:
-            return codec.decode_human(base, residual, exact_pixels)
+            return codec.decode_human(base, residual, exact_pixels, decoded_base)
 
     def decode_original(self, base: bytes, lossless: bytes, residual: bytes | None = None) -> np.ndarray:
         """The captured frame from its lossless layer (and the residual layer, when that layer refines it)."""

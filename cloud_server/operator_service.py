@@ -12,6 +12,7 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import grpc
@@ -106,6 +107,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         self.exact_views = exact_views
         self.access, self.audit = access, audit
         self.inspections = InspectionGuard(access, audit, metrics)  # used by @audited (GetFrame)
+        self._base_decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="base-decode")
 
     def ListCameras(self, request: operator_pb2.ListCamerasRequest,  # noqa: N802 - gRPC method name
                     context: grpc.ServicerContext) -> operator_pb2.ListCamerasResponse:
@@ -183,10 +185,18 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             return Decoded(encode_png(image))
         if quality == Quality.QUALITY_ORIGINAL:
             return self._decode_original(context, record, base)
-        residual = self._fetch_residual(context, record.camera_id, record.frame_id, rate=rate)
+        # the base layer decodes while the edge codes / sends the residual layer (FR needs no machine image)
+        camera = self.index.camera(record.camera_id)
+        decoding_base = self._base_decoder.submit(self.codecs.decode_base, base, self.exact_views,
+                                                  camera is None or camera.residual_mode != "fr")
+        try:
+            residual = self._fetch_residual(context, record.camera_id, record.frame_id, rate=rate)
+        except BaseException:
+            decoding_base.cancel()  # only if it has not started; a running decode finishes unused
+            raise
         start = time.perf_counter()
         try:
-            image = self.codecs.decode_human(base, residual, self.exact_views)
+            image = self.codecs.decode_human(base, residual, self.exact_views, decoding_base.result())
         except BitstreamError as exc:
             self.metrics.errors.labels("residual_decode").inc()
             abort(context, grpc.StatusCode.DATA_LOSS, f"residual of frame {record.frame_id} does not decode: {exc}")

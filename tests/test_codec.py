@@ -112,6 +112,22 @@ def test_human_round_trip_is_deterministic(codec: ScalableCodec, photo: np.ndarr
     assert inspect(base)["rate_index"] == round(0.3 * 255)
 
 
+def test_base_decoded_ahead_of_its_residual_gives_the_same_human_image(codec: ScalableCodec,
+                                                                       photo: np.ndarray) -> None:
+    """The cloud decodes the base layer while it waits for the residual (``decode_base``): the human image is the
+    same, exact or fast; a decoded base of another layer, or with other pixels, is ignored rather than used."""
+    base, residual = codec.encode(photo, 0.3, 0.7)
+    other_base = codec.encode_base(photo, 0.6).data
+    for exact in (True, False):
+        alone = codec.decode_human(base, residual, exact)
+        ahead = codec.decode_base(base, exact, machine=codec.mode != "fr")
+        assert (ahead.machine is None) == (codec.mode == "fr")
+        np.testing.assert_array_equal(codec.decode_human(base, residual, exact, ahead), alone)
+        for unfit in (codec.decode_base(other_base, exact), codec.decode_base(base, not exact),
+                      codec.decode_base(base, exact, machine=False)):
+            np.testing.assert_array_equal(codec.decode_human(base, residual, exact, unfit), alone)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (65, 64), (333, 257)])
 def test_any_frame_size(tiny_weights: Path, size: tuple[int, int]) -> None:
     codec = ScalableCodec.from_weights(tiny_weights)
