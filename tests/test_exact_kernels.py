@@ -62,7 +62,8 @@ def make_layer(kind: str, cin: int, cout: int, k: int, s: int, p: int, op: int, 
 
 
 def both_kernels(layer: Layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 kernel, float64 reference kernel) outputs of ``layer``."""
+    """(int8 kernel, float64 kernel) outputs of ``layer``; :func:`torch_convolution_of_the_integers` is the reference
+    that shares no code with either."""
     with torch.no_grad():
         with exact_kernel("int8"):
             fast = layer(x)

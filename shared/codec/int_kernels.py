@@ -323,8 +323,9 @@ def run(x_digits: Tensor, plan: GemmPlan, epilogue: Epilogue, out: Tensor) -> No
                       budget * PRODUCT_BYTES // max(1, product_item * parts * wm * widest)))
     cols_buf = torch.empty((parts, rows, wm, len(plan.taps), channels), dtype=x_digits.dtype)
     products = torch.empty((parts, rows * wm * widest), dtype=torch.float64 if exact_float else torch.int32)
-    row_sums = torch.empty((parts, rows * wm * cout), dtype=torch.int32)
-    wide = torch.empty((2, rows * wm * cout), dtype=torch.float64)
+    if not exact_float:  # the int8 kernel's buffers for combining digit products (float64 GEMMs give the sums)
+        row_sums = torch.empty((parts, rows * wm * cout), dtype=torch.int32)
+        wide = torch.empty((2, rows * wm * cout), dtype=torch.float64)
     for i in range(n_batch):
         for r0 in range(0, hm, rows):
             r1 = min(hm, r0 + rows)
