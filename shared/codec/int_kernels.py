@@ -97,13 +97,8 @@ def quantize(x: Tensor, scale: Tensor, parts: int, pads: tuple[int, int, int, in
     top, bottom, left, right = pads
     n, h, w, c = x.shape
     limit = float(digit_limit(parts))
-    out = torch.empty((parts, n, h + top + bottom, w + left + right, c), dtype=torch.int8)
-    out[:, :, :top] = 0
-    out[:, :, top + h :] = 0
-    out[:, :, top : top + h, :left] = 0
-    out[:, :, top : top + h, left + w :] = 0
-    rows = max(1, CHUNK_VALUES // max(1, w * c))
-    buf = torch.empty((min(rows, h), w, c))
+    out = _bordered((parts, n, h, w, c), pads, torch.int8)
+    rows, buf = _row_chunks(h, w, c)
     spare = torch.empty(buf.shape, dtype=torch.int32)
     for i in range(n):
         for r0 in range(0, h, rows):
@@ -120,10 +115,32 @@ def quantize_float64(x: Tensor, scale: Tensor, parts: int, pads: tuple[int, int,
     top, bottom, left, right = pads
     n, h, w, c = x.shape
     limit = float(digit_limit(parts))
-    out = torch.zeros((1, n, h + top + bottom, w + left + right, c), dtype=torch.float64)
-    q = torch.mul(x, scale.view(-1, 1, 1, 1)).clamp_(-limit, limit).round_()
-    out[0, :, top : top + h, left : left + w].copy_(q)
+    out = _bordered((1, n, h, w, c), pads, torch.float64)
+    rows, buf = _row_chunks(h, w, c)
+    for i in range(n):
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            q = torch.mul(x[i, r0:r1], scale[i], out=buf[: r1 - r0]).clamp_(-limit, limit).round_()
+            out[0, i, top + r0 : top + r1, left : left + w].copy_(q)
     return out
+
+
+def _bordered(shape: tuple[int, int, int, int, int], pads: tuple[int, int, int, int], dtype: torch.dtype) -> Tensor:
+    """An uninitialised ``[P, N, H + top + bottom, W + left + right, C]`` tensor whose border ``pads`` is zero."""
+    parts, n, h, w, c = shape
+    top, bottom, left, right = pads
+    out = torch.empty((parts, n, h + top + bottom, w + left + right, c), dtype=dtype)
+    out[:, :, :top] = 0
+    out[:, :, top + h :] = 0
+    out[:, :, top : top + h, :left] = 0
+    out[:, :, top : top + h, left + w :] = 0
+    return out
+
+
+def _row_chunks(h: int, w: int, c: int) -> tuple[int, Tensor]:
+    """Rows per cache-sized step of the quantisation (:data:`CHUNK_VALUES`) and a float32 buffer for one step."""
+    rows = max(1, CHUNK_VALUES // max(1, w * c))
+    return rows, torch.empty((min(rows, h), w, c))
 
 
 def compose(digits: Tensor) -> Tensor:
