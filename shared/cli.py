@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         validate_every=args.validate_every, max_minutes=args.max_minutes,
         init_from=Path(args.init_from) if args.init_from else None, architecture=args.architecture,
         background_weight=args.background_weight, feature_weight=args.feature_weight, precision=args.precision,
-        hard_rate=args.hard_rate,
+        hard_rate=args.hard_rate, synthesis_only=args.synthesis_only,
     )
     Trainer(cfg).run()
 
@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hard-rate", action="store_true",
                    help="fine-tune the decoder side on the rate of the rounded latent with the encoder frozen (the "
                         "'hard' stage of soft-then-hard training, Guo et al., ICML 2021)")
+    t.add_argument("--synthesis-only", action="store_true",
+                   help="train the synthesis g_s alone: the encoder and the entropy model stay frozen, so the coded "
+                        "bits stay those of --init-from and the decoder learns to decode them better")
     t.add_argument("--max-minutes", type=float, help="stop after this much wall time (default: no limit)")
     t.add_argument("--init-from", help="warm start from another checkpoint or weights file (tensors of the same "
                                        "shape; a larger tensor takes the old one's entries, widened so that the "

@@ -315,6 +315,38 @@ def test_hard_rate_stage_trains_only_the_decoder_side(tmp_path: Path) -> None:
     assert not torch.equal(model.gain.inverse_gain, before["gain.inverse_gain"])
 
 
+def test_synthesis_only_training_moves_g_s_and_keeps_every_bit(tmp_path: Path) -> None:
+    """``--synthesis-only``: steps move the synthesis and nothing else (quantiles included), so the coder writes
+    the same strings as before and only the decoded pixels change."""
+    torch.manual_seed(11)
+    trainer = Trainer(TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny", threads=1,
+                                  lr=1e-3, synthesis_only=True))
+    model = trainer.model
+    synthesis = {id(p) for p in model.g_s.parameters()}
+    assert {id(p) for p in trainer.params} == synthesis
+    x, q = torch.rand(1, 3, 64, 64), torch.tensor([150])
+
+    def coded() -> tuple[list, torch.Tensor]:
+        model.eval()
+        model.update(force=True)
+        with torch.no_grad():
+            out = model.compress(x, q)
+            pixels = model.decompress(out["strings"], out["shape"], q)["x_hat"]
+        model.train()
+        return out["strings"], pixels
+
+    strings, pixels = coded()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(2):
+        trainer.train_step(torch.rand(2, 3, 64, 64), None, torch.tensor([1, 200]))
+    assert trainer.step == 2
+    for name, value in model.named_parameters():
+        assert torch.equal(value, before[name]) != (id(value) in synthesis), name
+    strings_after, pixels_after = coded()
+    assert strings_after == strings
+    assert not torch.equal(pixels_after, pixels)
+
+
 def test_bf16_training_runs_the_transforms_in_bfloat16_and_the_entropy_model_in_float32(tmp_path: Path) -> None:
     """``--precision bf16``: g_a / g_s under bfloat16 autocast, likelihoods in float32; the loss stays within a
     bfloat16 rounding of the float32 one and the step trains; eval mode (coding) is untouched."""

@@ -42,6 +42,7 @@ class TrainConfig:
     feature_weight: float = 0.0  # base: weight of the detector-feature distance (0: SA-ICM as published)
     precision: str = "auto"  # arithmetic of g_a / g_s in training: auto | fp32 | bf16 (entropy model always fp32)
     hard_rate: bool = False  # soft then hard: rate of the rounded latent, encoder frozen (decoder-side fine-tuning)
+    synthesis_only: bool = False  # train g_s alone: encoder and entropy model (so every bitstream) stay as they are
 
     def lambdas(self) -> tuple[float, float]:
         lo, hi = DEFAULT_LAMBDAS[self.kind]

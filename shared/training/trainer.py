@@ -150,7 +150,10 @@ class Trainer:
             self.base = self.base_layer.model
             for p in self.base.parameters():
                 p.requires_grad_(False)
-        self.params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
+        if cfg.synthesis_only:
+            self._freeze_all_but_the_synthesis()
+        self.params = [p for n, p in self.model.named_parameters()
+                       if not n.endswith(".quantiles") and (p.requires_grad or not cfg.synthesis_only)]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.aux_opt = torch.optim.Adam(aux, lr=1e-3)
@@ -174,6 +177,16 @@ class Trainer:
             if cfg.detector is None:
                 raise ValueError("--feature-weight needs --detector (the YOLO checkpoint whose features count)")
             self.feature_loss = DetectorFeatureLoss(cfg.detector)
+
+    def _freeze_all_but_the_synthesis(self) -> None:
+        """``--synthesis-only``: only g_s trains. The analysis, the hyperprior, the slice networks, the gains and the
+        entropy bottleneck's quantiles keep their values, so the coder writes the same bits for every image and
+        the loss reduces to λ·MSE of the decoder: a deeper synthesis warm-started from a trained codec learns to
+        decode that codec's latents better, and no backward pass runs through the encoder or the entropy model."""
+        synthesis = {id(p) for p in self.model.g_s.parameters()}
+        for p in self.model.parameters():
+            if id(p) not in synthesis:
+                p.requires_grad_(False)
 
     # -- persistence ---------------------------------------------------------------------
     def _resume(self) -> None:
@@ -329,8 +342,9 @@ class Trainer:
         self.failed_in_a_row = 0
         self.opt.step()
         aux = self.model.aux_loss()
-        aux.backward()
-        self.aux_opt.step()
+        if not self.cfg.synthesis_only:  # the quantiles set the ẑ tables: frozen with the rest of the coder
+            aux.backward()
+            self.aux_opt.step()
         self.step += 1
         return out, aux
 
