@@ -345,6 +345,11 @@ def test_synthesis_only_training_moves_g_s_and_keeps_every_bit(tmp_path: Path) -
     strings_after, pixels_after = coded()
     assert strings_after == strings
     assert not torch.equal(pixels_after, pixels)
+    trainer.save()
+    with pytest.raises(ValueError, match="synthesis-only"):  # its optimiser holds only g_s: a clear refusal
+        Trainer(TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny", threads=1))
+    assert Trainer(TrainConfig(kind="single", out_dir=tmp_path / "run", architecture="sa-icm-tiny", threads=1,
+                               synthesis_only=True)).step == 2
 
 
 def test_bf16_training_runs_the_transforms_in_bfloat16_and_the_entropy_model_in_float32(tmp_path: Path) -> None:

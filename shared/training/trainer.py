@@ -191,6 +191,9 @@ class Trainer:
     # -- persistence ---------------------------------------------------------------------
     def _resume(self) -> None:
         state = load_state(self.ckpt)
+        if state.get("config", {}).get("synthesis_only", False) != self.cfg.synthesis_only:
+            raise ValueError(f"{self.ckpt} was trained {'with' if not self.cfg.synthesis_only else 'without'} "
+                             "--synthesis-only: resume it the same way, or start a new --out with --init-from")
         self.model.load_state_dict(state["model"])
         self.aux_opt.load_state_dict(state["aux_optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
