@@ -22,7 +22,7 @@ same integers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -96,16 +96,11 @@ def quantize(x: Tensor, scale: Tensor, parts: int, pads: tuple[int, int, int, in
         raise ValueError("the float32 rounding covers at most 3 digits")
     top, bottom, left, right = pads
     n, h, w, c = x.shape
-    limit = float(digit_limit(parts))
     out = _bordered((parts, n, h, w, c), pads, torch.int8)
-    rows, buf = _row_chunks(h, w, c)
-    spare = torch.empty(buf.shape, dtype=torch.int32)
-    for i in range(n):
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            q = torch.mul(x[i, r0:r1], scale[i], out=buf[: r1 - r0]).clamp_(-limit, limit).add_(_ROUND)
-            _split(q.view(torch.int32).sub_(_ROUND_BITS), parts, out[:, i, top + r0 : top + r1, left : left + w],
-                   spare[: r1 - r0])
+    spare = torch.empty((min(_chunk_rows(w, c), h), w, c), dtype=torch.int32)
+    for i, rows, q in _clamped_rows(x, scale, float(digit_limit(parts))):
+        _split(q.add_(_ROUND).view(torch.int32).sub_(_ROUND_BITS), parts,
+               out[:, i, top + rows.start : top + rows.stop, left : left + w], spare[: rows.stop - rows.start])
     return out
 
 
@@ -114,14 +109,9 @@ def quantize_float64(x: Tensor, scale: Tensor, parts: int, pads: tuple[int, int,
     W + left + right, C]`` (the operand of the float64 kernel): the same float32 product and round-half-to-even."""
     top, bottom, left, right = pads
     n, h, w, c = x.shape
-    limit = float(digit_limit(parts))
     out = _bordered((1, n, h, w, c), pads, torch.float64)
-    rows, buf = _row_chunks(h, w, c)
-    for i in range(n):
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            q = torch.mul(x[i, r0:r1], scale[i], out=buf[: r1 - r0]).clamp_(-limit, limit).round_()
-            out[0, i, top + r0 : top + r1, left : left + w].copy_(q)
+    for i, rows, q in _clamped_rows(x, scale, float(digit_limit(parts))):
+        out[0, i, top + rows.start : top + rows.stop, left : left + w].copy_(q.round_())
     return out
 
 
@@ -137,10 +127,21 @@ def _bordered(shape: tuple[int, int, int, int, int], pads: tuple[int, int, int, 
     return out
 
 
-def _row_chunks(h: int, w: int, c: int) -> tuple[int, Tensor]:
-    """Rows per cache-sized step of the quantisation (:data:`CHUNK_VALUES`) and a float32 buffer for one step."""
-    rows = max(1, CHUNK_VALUES // max(1, w * c))
-    return rows, torch.empty((min(rows, h), w, c))
+def _chunk_rows(w: int, c: int) -> int:
+    """Rows of a ``W x C`` image in one cache-sized step of the quantisation (:data:`CHUNK_VALUES`)."""
+    return max(1, CHUNK_VALUES // max(1, w * c))
+
+
+def _clamped_rows(x: Tensor, scale: Tensor, limit: float) -> Iterator[tuple[int, slice, Tensor]]:
+    """``clamp(x * scale[n], -limit, limit)`` of a float32 NHWC ``x`` in cache-sized steps of rows: (sample, its
+    rows, their values in a float32 buffer that the next step overwrites)."""
+    n, h, w, c = x.shape
+    step = _chunk_rows(w, c)
+    buf = torch.empty((min(step, h), w, c))
+    for i in range(n):
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            yield i, slice(r0, r1), torch.mul(x[i, r0:r1], scale[i], out=buf[: r1 - r0]).clamp_(-limit, limit)
 
 
 def compose(digits: Tensor) -> Tensor:
