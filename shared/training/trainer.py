@@ -152,8 +152,9 @@ class Trainer:
                 p.requires_grad_(False)
         if cfg.synthesis_only:
             self._freeze_all_but_the_synthesis()
-        self.params = [p for n, p in self.model.named_parameters()
-                       if not n.endswith(".quantiles") and (p.requires_grad or not cfg.synthesis_only)]
+            self.params = list(self.model.g_s.parameters())
+        else:  # --hard-rate's frozen encoder stays in the optimiser (its checkpoints resume either way)
+            self.params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.aux_opt = torch.optim.Adam(aux, lr=1e-3)
