@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         validate_every=args.validate_every, max_minutes=args.max_minutes,
         init_from=Path(args.init_from) if args.init_from else None, architecture=args.architecture,
         background_weight=args.background_weight, feature_weight=args.feature_weight, precision=args.precision,
-        hard_rate=args.hard_rate, synthesis_only=args.synthesis_only,
+        hard_rate=args.hard_rate, synthesis_only=args.synthesis_only, entropy_only=args.entropy_only,
     )
     Trainer(cfg).run()
 
@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--synthesis-only", action="store_true",
                    help="train the synthesis g_s alone: the encoder and the entropy model stay frozen, so the coded "
                         "bits stay those of --init-from and the decoder learns to decode them better")
+    t.add_argument("--entropy-only", action="store_true",
+                   help="PR layer: train the entropy model alone (hyperprior, slice and context networks) on the "
+                        "rate of the rounded symbols; the transforms and gains stay frozen, so every latent and "
+                        "pixel stays that of --init-from and only the bits change; no synthesis runs (fast)")
     t.add_argument("--max-minutes", type=float, help="stop after this much wall time (default: no limit)")
     t.add_argument("--init-from", help="warm start from another checkpoint or weights file (tensors of the same "
                                        "shape; a larger tensor takes the old one's entries, widened so that the "

@@ -352,6 +352,66 @@ def test_synthesis_only_training_moves_g_s_and_keeps_every_bit(tmp_path: Path) -
                                synthesis_only=True)).step == 2
 
 
+def test_entropy_only_training_moves_the_entropy_model_and_keeps_every_transform(tmp_path: Path) -> None:
+    """``--entropy-only``: steps move the hyperprior, the context and slice networks (pr-icmh-cb4e's new blocks
+    included) and the quantiles, never g_a, g_s or the gains, so every latent stays; the loss is the rate alone and
+    no synthesis runs. Other layers, and resuming the run the other way, are refused with a clear message."""
+    from icmh.codec.weights import write_random_weights
+
+    weights = write_random_weights(tmp_path / "w")
+    cfg = TrainConfig(kind="pr", out_dir=tmp_path / "run", architecture="pr-icmh-cb4e-tiny", threads=1, lr=1e-3,
+                      base_weights=weights / "sa-icm.pt", entropy_only=True)
+    torch.manual_seed(12)
+    trainer = Trainer(cfg)
+    model = trainer.model
+    transforms = {id(p) for m in (model.g_a, model.g_s, model.gain) for p in m.parameters()}
+    assert {id(p) for p in trainer.params}.isdisjoint(transforms)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    synthesis_calls = []
+    model.g_s.register_forward_hook(lambda *_: synthesis_calls.append(1))
+    x, q = torch.rand(2, 3, 64, 64), torch.tensor([1, 200])
+    out = trainer.losses(x, None, q)
+    assert "mse" not in out and torch.equal(out["loss"], out["bpp"]) and out["bpp"] > 0
+    for _ in range(2):
+        trainer.train_step(x, None, q)
+    assert trainer.step == 2 and not synthesis_calls
+    for name, value in model.named_parameters():
+        assert torch.equal(value, before[name]) == (id(value) in transforms), name
+    hyper = model.latent_codec.latent_codec["hyper"]
+    assert hyper.h_s[-1].body[-1].weight.abs().sum() > 0  # the zero-initialised block has started to learn
+    trainer.save()
+    with pytest.raises(ValueError, match="entropy-only"):
+        Trainer(TrainConfig(**{**cfg.__dict__, "entropy_only": False}))
+    assert Trainer(cfg).step == 2
+    with pytest.raises(ValueError, match="entropy-only"):
+        Trainer(TrainConfig(kind="single", out_dir=tmp_path / "single", architecture="sa-icm-tiny", threads=1,
+                            entropy_only=True))
+    with pytest.raises(ValueError, match="exclude each other"):
+        Trainer(TrainConfig(**{**cfg.__dict__, "out_dir": tmp_path / "both", "synthesis_only": True}))
+
+
+def test_deeper_entropy_model_warm_started_from_pr_icmh_cb4_codes_the_same_bits(tmp_path: Path) -> None:
+    """pr-icmh-cb4e from a pr-icmh-cb4 checkpoint: its residual blocks after h_s, the machine context and the channel
+    contexts start as identities, so it writes the old codec's strings and decodes its pixels."""
+    torch.manual_seed(9)
+    old = build_model("pr-icmh-cb4-tiny")
+    torch.save({"model": old.state_dict()}, tmp_path / "old.pt")
+    deep = build_model("pr-icmh-cb4e-tiny")
+    assert warm_start(deep, tmp_path / "old.pt") == len(dict(old.named_parameters()))
+    assert len(dict(deep.named_parameters())) > len(dict(old.named_parameters()))
+    x_d, x_m, q = torch.rand(1, 3, 128, 192) - 0.5, torch.rand(1, 3, 128, 192), torch.tensor([180])
+    ym_hat = torch.randn(1, deep.machine_latent, 8, 12) * 4
+    coded, decoded = [], []
+    with torch.no_grad():
+        for model in (old, deep):
+            model.eval()
+            model.update(force=True)
+            coded.append(model.compress(x_d, q, x_m, ym_hat))
+            decoded.append(model.decompress(coded[-1]["strings"], coded[-1]["shape"], q, x_m, ym_hat)["x_hat"])
+    assert coded[0]["strings"] == coded[1]["strings"]
+    assert torch.equal(decoded[0], decoded[1])
+
+
 def test_bf16_training_runs_the_transforms_in_bfloat16_and_the_entropy_model_in_float32(tmp_path: Path) -> None:
     """``--precision bf16``: g_a / g_s under bfloat16 autocast, likelihoods in float32; the loss stays within a
     bfloat16 rounding of the float32 one and the step trains; eval mode (coding) is untouched."""

@@ -63,29 +63,38 @@ def hyper_analysis(latent: int, hyper: int) -> nn.Sequential:
     )
 
 
-def hyper_synthesis(hyper: int, side: int) -> nn.Sequential:
-    """h_s: decoded z -> side parameters for the slice entropy models (exact)."""
-    return nn.Sequential(
+def _with_block(layers: nn.Sequential, channels: int, block: int) -> nn.Sequential:
+    """``layers`` followed, with ``block`` > 0, by a :class:`ResidualBlock` of that hidden width (appended, so the
+    existing layers keep their state-dict names; the block starts as the identity)."""
+    if block:
+        layers.append(ResidualBlock(channels, block))
+    return layers
+
+
+def hyper_synthesis(hyper: int, side: int, block: int = 0) -> nn.Sequential:
+    """h_s: decoded z -> side parameters for the slice entropy models (exact); ``block``: see :func:`_with_block`."""
+    return _with_block(nn.Sequential(
         exact_deconv(hyper, hyper), nn.ReLU(inplace=True),
         exact_deconv(hyper, side), nn.ReLU(inplace=True),
         exact_conv(side, side),
-    )
+    ), side, block)
 
 
-def channel_context(prev_channels: int, width: int) -> nn.Sequential:
-    """Features of the already decoded slices (the 'channel context' of Ch-ARM)."""
-    return nn.Sequential(
+def channel_context(prev_channels: int, width: int, block: int = 0) -> nn.Sequential:
+    """Features of the already decoded slices (the 'channel context' of Ch-ARM); ``block``: see :func:`_with_block`."""
+    return _with_block(nn.Sequential(
         exact_conv(prev_channels, width), nn.ReLU(inplace=True),
         exact_conv(width, width),
-    )
+    ), width, block)
 
 
-def machine_context(latent: int, width: int) -> nn.Sequential:
-    """Features of the decoded base latent ŷ_m (1/16 resolution) for the residual's entropy model (exact)."""
-    return nn.Sequential(
+def machine_context(latent: int, width: int, block: int = 0) -> nn.Sequential:
+    """Features of the decoded base latent ŷ_m (1/16 resolution) for the residual's entropy model (exact);
+    ``block``: see :func:`_with_block`."""
+    return _with_block(nn.Sequential(
         exact_conv(latent, width), nn.ReLU(inplace=True),
         exact_conv(width, width),
-    )
+    ), width, block)
 
 
 def checkerboard_context(slice_channels: int, width: int, kernel: int = 5) -> ExactCheckerboardConv2d:

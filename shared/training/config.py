@@ -43,10 +43,24 @@ class TrainConfig:
     precision: str = "auto"  # arithmetic of g_a / g_s in training: auto | fp32 | bf16 (entropy model always fp32)
     hard_rate: bool = False  # soft then hard: rate of the rounded latent, encoder frozen (decoder-side fine-tuning)
     synthesis_only: bool = False  # train g_s alone: encoder and entropy model (so every bitstream) stay as they are
+    entropy_only: bool = False  # train the entropy model alone on the rate of the rounded symbols: latents stay
+
+    def __post_init__(self) -> None:
+        self.frozen_part()
+
+    def frozen_part(self) -> str:
+        return frozen_part(self.synthesis_only, self.entropy_only)
 
     def lambdas(self) -> tuple[float, float]:
         lo, hi = DEFAULT_LAMBDAS[self.kind]
         return (self.lambda_min or lo, self.lambda_max or hi)
+
+
+def frozen_part(synthesis_only: bool, entropy_only: bool) -> str:
+    """Which part a run trains alone ("" for all of them), as its checkpoints record it: resumed the same way."""
+    if synthesis_only and entropy_only:
+        raise ValueError("--synthesis-only and --entropy-only exclude each other")
+    return "--synthesis-only" if synthesis_only else "--entropy-only" if entropy_only else ""
 
 
 def config_default(name: str) -> Any:

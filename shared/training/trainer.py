@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,11 +31,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..codec.exact import exact_arithmetic
-from ..codec.models import ChannelARCodec, FeatureResidualCodec, build_model, machine_side
+from ..codec.models import ChannelARCodec, ConditionalResidualCodec, FeatureResidualCodec, build_model, machine_side
 from ..codec.precision import native_bf16
 from ..codec.rate import RATE_STEPS, GainUnit, lambda_for_index
 from ..codec.weights import LoadedModel, load_layer, load_state, prepare
-from .config import KIND_ARCHITECTURE, TrainConfig
+from .config import KIND_ARCHITECTURE, TrainConfig, frozen_part
 from .data import CropSampler, load_detection_monitor_set, load_training_set
 from .detector_features import DetectorFeatureLoss
 from .masks import cached_masks
@@ -151,8 +152,15 @@ class Trainer:
             for p in self.base.parameters():
                 p.requires_grad_(False)
         if cfg.synthesis_only:
-            self._freeze_all_but_the_synthesis()
-            self.params = list(self.model.g_s.parameters())
+            self.params = self._train_only(self.model.g_s.parameters())
+        elif cfg.entropy_only:
+            if not isinstance(self.model, ConditionalResidualCodec):
+                raise ValueError("--entropy-only trains the entropy model of a conditional PR layer (pr-icmh-c*)")
+            self.model.use_hard_rate(True)
+            transforms = {id(p) for m in (self.model.g_a, self.model.g_s, self.model.gain) for p in m.parameters()}
+            entropy = [(n, p) for n, p in self.model.named_parameters() if id(p) not in transforms]
+            self._train_only(p for _, p in entropy)  # the quantiles too: the aux step fits them to the new ẑ
+            self.params = [p for n, p in entropy if not n.endswith(".quantiles")]
         else:  # --hard-rate's frozen encoder stays in the optimiser (its checkpoints resume either way)
             self.params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
@@ -179,22 +187,34 @@ class Trainer:
                 raise ValueError("--feature-weight needs --detector (the YOLO checkpoint whose features count)")
             self.feature_loss = DetectorFeatureLoss(cfg.detector)
 
-    def _freeze_all_but_the_synthesis(self) -> None:
-        """``--synthesis-only``: only g_s trains. The analysis, the hyperprior, the slice networks, the gains and the
+    def _train_only(self, params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+        """Freeze every parameter but ``params`` (returned as the optimiser's list).
+
+        ``--synthesis-only``: only g_s trains. The analysis, the hyperprior, the slice networks, the gains and the
         entropy bottleneck's quantiles keep their values, so the coder writes the same bits for every image and
         the loss reduces to λ·MSE of the decoder: a deeper synthesis warm-started from a trained codec learns to
-        decode that codec's latents better, and no backward pass runs through the encoder or the entropy model."""
-        synthesis = {id(p) for p in self.model.g_s.parameters()}
+        decode that codec's latents better, and no backward pass runs through the encoder or the entropy model.
+
+        ``--entropy-only``: the converse. g_a, g_s and the gains stay, so every latent y (and, up to the means'
+        rounding offsets, every pixel) stays; the hyperprior, the context and slice networks and the quantiles
+        learn to code the same symbols in fewer bits. The loss is the rate of the rounded symbols (the "hard"
+        rate of Guo et al., ICML 2021, :meth:`~icmh.codec.models.ChannelARCodec.use_hard_rate`), and no synthesis
+        runs: a step costs the frozen transforms' forward pass and the entropy model at 1/16 resolution."""
+        params = list(params)
+        keep = {id(p) for p in params}
         for p in self.model.parameters():
-            if id(p) not in synthesis:
+            if id(p) not in keep:
                 p.requires_grad_(False)
+        return params
 
     # -- persistence ---------------------------------------------------------------------
     def _resume(self) -> None:
         state = load_state(self.ckpt)
-        if state.get("config", {}).get("synthesis_only", False) != self.cfg.synthesis_only:
-            raise ValueError(f"{self.ckpt} was trained {'with' if not self.cfg.synthesis_only else 'without'} "
-                             "--synthesis-only: resume it the same way, or start a new --out with --init-from")
+        config = state.get("config", {})
+        then = frozen_part(config.get("synthesis_only", False), config.get("entropy_only", False))
+        if then != (now := self.cfg.frozen_part()):
+            raise ValueError(f"{self.ckpt} was trained {then or 'with every part'}, this run {now or 'with every part'}"
+                             ": resume it the same way, or start a new --out with --init-from")
         self.model.load_state_dict(state["model"])
         self.aux_opt.load_state_dict(state["aux_optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
@@ -276,7 +296,11 @@ class Trainer:
             if kind == "pr":
                 x_m = base["x_hat"].clamp(0, 1)
                 x_d = x - x_m
-                out = self.model(x_d, q, *machine_side(self.model, x_m, base["y_hat"]))
+                side = machine_side(self.model, x_m, base["y_hat"])
+                if self.cfg.entropy_only:  # the rate alone: the pixels are the frozen transforms' (no "mse")
+                    bpp = bits_per_pixel(self.model.likelihoods(x_d, q, *side), n_pixels).mean()
+                    return {"loss": bpp, "bpp": bpp}
+                out = self.model(x_d, q, *side)
                 mse = (out["x_hat"] - x_d).pow(2).flatten(1).mean(1)
             else:
                 assert isinstance(self.model, FeatureResidualCodec)
@@ -384,10 +408,11 @@ class Trainer:
                     continue
                 bar.update(1)
                 if self.step % 50 == 0:
-                    psnr = -10 * math.log10(max(out["mse"].item(), 1e-10))
+                    psnr = -10 * math.log10(max(out["mse"].item(), 1e-10)) if "mse" in out else math.nan
                     loss, bpp = out["loss"].item(), out["bpp"].item()
                     log.writerow([self.step, f"{self.elapsed / 60:.2f}", f"{loss:.4f}", f"{bpp:.4f}",
-                                  f"{psnr:.2f}", f"{aux.item():.2f}", self.opt.param_groups[0]["lr"]])
+                                  "" if math.isnan(psnr) else f"{psnr:.2f}", f"{aux.item():.2f}",
+                                  self.opt.param_groups[0]["lr"]])
                     fh.flush()
                     bar.set_postfix(loss=f"{loss:.3f}", bpp=f"{bpp:.3f}", psnr=f"{psnr:.1f}")
                 if self.step % cfg.validate_every == 0:
