@@ -159,10 +159,13 @@ class ConditionalSynthesis(nn.Module):
         if len(block_widths) > len(stages):
             raise ValueError(f"{len(block_widths)} block widths for {len(stages)} hidden stages")
         self.blocks = nn.ModuleDict()
+        self.stage_blocks: dict[int, list[str]] = {}  # names of each stage's blocks, in order
         for i, hidden in enumerate(block_widths):
             for j, width in enumerate((hidden,) if isinstance(hidden, int) else hidden):
                 if width:  # the first block of stage i is named "i" (as before several blocks per stage existed)
-                    self.blocks[f"{i}_{j}" if j else str(i)] = ResidualBlock(stages[i], width)
+                    name = f"{i}_{j}" if j else str(i)
+                    self.blocks[name] = ResidualBlock(stages[i], width)
+                    self.stage_blocks.setdefault(i, []).append(name)
         self.latent_block = ResidualBlock(plain[0].in_channels, latent_block) if latent_block else None
         last = plain[-1]
         self.features = features
@@ -176,9 +179,6 @@ class ConditionalSynthesis(nn.Module):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 
-    def _stage_blocks(self, stage: int) -> list[nn.Module]:
-        return [block for name, block in self.blocks.items() if name.split("_")[0] == str(stage)]
-
     def forward(self, y: Tensor, x_m: Tensor) -> Tensor:
         h = y if self.latent_block is None else self.latent_block(y)
         for i in range(self.layers - 1):
@@ -187,8 +187,8 @@ class ConditionalSynthesis(nn.Module):
                 continue
             if i == self.layers - 2:
                 h = h + self.machine_half(x_m)
-            for block in self._stage_blocks(i // 2):
-                h = block(h)
+            for name in self.stage_blocks.get(i // 2, ()):
+                h = self.blocks[name](h)
         out = self._modules[str(self.layers - 1)](h)
         if not self.features:
             return out + self.refine(torch.cat([out, x_m], dim=1))
