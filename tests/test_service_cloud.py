@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -108,6 +111,29 @@ def test_detector_finds_traffic_on_an_original_frame(shared_dir: Path) -> None:
     for d in found:
         x1, y1, x2, y2 = d.box
         assert 0 <= x1 < x2 <= width + 1 and 0 <= y1 < y2 <= height + 1 and 0.25 <= d.confidence <= 1
+
+
+THREADS_SCRIPT = """
+import os, sys, numpy as np, torch
+from icmh.detector import YoloDetector
+torch.set_num_threads(os.cpu_count() + 1)  # never what Ultralytics sets, min(8, cores - 1) or 1
+detector = YoloDetector(sys.argv[1], imgsz=320)
+after_setup = torch.get_num_threads()
+detector.detect(np.zeros((64, 96, 3), np.uint8))
+print(os.cpu_count() + 1, after_setup, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
+"""
+
+
+def test_the_detector_leaves_the_process_threads_alone(shared_dir: Path) -> None:
+    """Ultralytics' import sets OMP_NUM_THREADS=1 and its predictor set-up resets torch to min(8, cores - 1)
+    threads: the wrapper puts both back, so the cloud's decoding keeps its threads after the first detection (on 2
+    cores it had run on one from then on). In a fresh process, where Ultralytics is imported for the first time."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(shared_dir / "models" / "yolov8n.pt")],
+                         capture_output=True, text=True, env=env, timeout=300, check=True)
+    wanted, after_setup, after_detect, omp = out.stdout.split()[-4:]
+    assert after_setup == after_detect == wanted
+    assert omp == "None"
 
 
 def test_subscriber_filters() -> None:
