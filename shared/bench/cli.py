@@ -1,6 +1,7 @@
 """``bench`` subcommands: ``machine`` (mAP vs bpp), ``human`` (PSNR / MS-SSIM vs bpp), ``speed`` (fps, memory),
 ``service`` (one camera end to end through the gRPC service), ``scale`` (many cameras against one cloud),
-``edge`` (edge throughput: base only, lazy and eager residual policies), ``lossless`` (evidence-layer size).
+``edge`` (edge throughput: base only, lazy and eager residual policies), ``lossless`` (evidence-layer size),
+``bits`` (where the PR layer's bits go).
 
 Hooked into ``icmh`` by ``add_bench_parser(subparsers)``; also runnable on its own as
 ``python -m icmh.bench.cli {machine,human,speed,service,scale} ...``. Heavy imports happen only when a
@@ -141,6 +142,15 @@ def cmd_lossless(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_bits(args: argparse.Namespace) -> None:
+    from .bits import run_bits
+
+    weights = Path(args.weights) if args.weights else None
+    for path in run_bits(Path(args.shared), Path(args.out), _command(args), weights, args.dataset, args.limit,
+                         args.base_rate, args.rates, args.threads):
+        print(path)
+
+
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bench {machine,human,speed,service,scale}`` to an ``icmh`` subparsers object; returns ``bench``."""
 
@@ -247,6 +257,14 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     x.add_argument("--base-rate", type=float, default=0.5, help="base-layer R under the residual layers")
     x.add_argument("--traffic-frames", type=int, default=6, help="frames taken from each traffic video")
     x.set_defaults(func=cmd_lossless)
+
+    b = sub.add_parser("bits", help="where the PR layer's bits go: per slice and pass, and what each context of its "
+                                    "entropy model saves")
+    common(b, "0,0.5,1", codecs=False)
+    b.add_argument("--dataset", choices=("bsds500-val", "kodak", "traffic_cams"), default="bsds500-val",
+                   help="images (default: bsds500/val, the training runs' monitor)")
+    b.add_argument("--base-rate", type=float, default=0.5, help="base-layer R under the residual layer")
+    b.set_defaults(func=cmd_bits)
 
     for p in sub.choices.values():  # every benchmark: no report into the checkout from uncommitted code
         p.add_argument("--allow-dirty", action="store_true",
