@@ -134,8 +134,8 @@ def run_bits(shared: Path, out: Path, command: str, weights: Path | None, datase
         "protocol": __doc__.split("\n\n", 1)[1].replace("\n", " ").strip(),
         "rates": rows,
     }
-    name = f"bits_{dataset.replace('-', '_')}"
-    written = [write_json(out, name, payload)]
+    report = f"bits_{dataset.replace('-', '_')}"
+    written = [write_json(out, report, payload)]
     fig, (shares, spatial) = figure(2, f"Where the PR layer's bits go ({layer.model_id}, {dataset}, "
                                        f"{len(images)} images, base R = {base_rate:g})")
     names = list(next(iter(rows.values()))["share_percent"])
@@ -151,5 +151,5 @@ def run_bits(shared: Path, out: Path, command: str, weights: Path | None, datase
     spatial.set(xlabel="PR rate R", ylabel="extra bits (%)",
                 title="without the spatial context (every symbol modelled as an anchor)")
     spatial.grid(True, axis="y", alpha=0.3)
-    written.append(save_figure(fig, out, name))
+    written.append(save_figure(fig, out, report))
     return written
