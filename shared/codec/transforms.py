@@ -129,7 +129,7 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.body(h)
+        return self.body(h).add_(h)  # in place on the fresh output: no third full-size tensor
 
 
 class ConditionalSynthesis(nn.Module):
@@ -186,11 +186,11 @@ class ConditionalSynthesis(nn.Module):
             if i % 2 == 0:  # a transposed convolution; its ReLU follows
                 continue
             if i == self.layers - 2:
-                h = h + self.machine_half(x_m)
+                h = self.machine_half(x_m).add_(h)
             for name in self.stage_blocks.get(i // 2, ()):
                 h = self.blocks[name](h)
         out = self._modules[str(self.layers - 1)](h)
         if not self.features:
-            return out + self.refine(torch.cat([out, x_m], dim=1))
+            return self.refine(torch.cat([out, x_m], dim=1)).add_(out)
         r, f = out[:, : -self.features], out[:, -self.features :]
-        return r + self.refine(torch.cat([r, x_m, f], dim=1))
+        return self.refine(torch.cat([r, x_m, f], dim=1)).add_(r)
