@@ -203,8 +203,7 @@ class Trainer:
         params = list(params)
         keep = {id(p) for p in params}
         for p in self.model.parameters():
-            if id(p) not in keep:
-                p.requires_grad_(False)
+            p.requires_grad_(id(p) in keep)
         return params
 
     # -- persistence ---------------------------------------------------------------------
