@@ -11,9 +11,10 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     YOLO_OFFLINE=1 YOLO_CONFIG_DIR=/tmp/ultralytics
 
-# libGL and glib for OpenCV (ultralytics installs opencv-python)
+# libGL and glib for OpenCV (ultralytics installs opencv-python); tcmalloc, which the commands re-execute on
+# (icmh/allocator.py: 15-20 % faster decoding than glibc's malloc on a 2-core VM)
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 libtcmalloc-minimal4 \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

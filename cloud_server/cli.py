@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from icmh.allocator import reexec_with_fast_allocator
 from icmh.codec.bitstream import BitstreamError
 from icmh.defaults import field_default
 from icmh.paths import default_detector
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level)
     try:
+        reexec_with_fast_allocator(argv)
         import torch
 
         from .server import CloudServer

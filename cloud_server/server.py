@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from icmh.allocator import allocator_in_use
 from icmh.codec.exact import kernel_description
 from icmh.detector import YoloDetector
 from icmh.rpc import (
@@ -222,7 +223,7 @@ class CloudServer:
         if self.replicas is not None:
             log.info("replica %s at %s (leases of %g s); live replicas: %s", s.replica_id, self.advertise_address,
                      s.lease_s, ", ".join(self.replicas.leases.live_replicas()))
-        log.info("exact decoder kernel: %s", kernel_description())
+        log.info("exact decoder kernel: %s; memory allocator: %s", kernel_description(), allocator_in_use())
         log.info("frame index %s (schema %d); outputs: %s", self.index.description, self.index.schema_version(),
                  ", ".join(self.index.sinks) or "live subscribers only")
         if s.open_operator_access:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from icmh.allocator import reexec_with_fast_allocator
 from icmh.codec.bitstream import BitstreamError
 from icmh.defaults import field_default
 from icmh.service.process import add_process_arguments
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     log = logging.getLogger("icmh.edge")
     try:
+        reexec_with_fast_allocator(argv)
         import torch
 
         from icmh.codec.precision import set_default_precision

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from icmh.allocator import allocator_in_use
 from icmh.codec.api import ScalableCodec
 from icmh.codec.exact import kernel_description
 from icmh.rpc import edge_pb2
@@ -64,9 +65,9 @@ class EdgeNode:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._metrics_endpoint: MetricsEndpoint | None = None
-        log.info("camera %s: %s %s at %dx%d, %s residual (%s); exact entropy-model kernel: %s", settings.camera_id,
-                 self.source.kind, settings.source, width, height, settings.mode, settings.residual_policy,
-                 kernel_description())
+        log.info("camera %s: %s %s at %dx%d, %s residual (%s); exact entropy-model kernel: %s; memory allocator: %s",
+                 settings.camera_id, self.source.kind, settings.source, width, height, settings.mode,
+                 settings.residual_policy, kernel_description(), allocator_in_use())
 
     def _watch_store(self) -> None:
         m, store = self.metrics, self.store

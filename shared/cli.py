@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .allocator import reexec_with_fast_allocator
 from .bench.cli import add_bench_parser
 from .training.config import MASK_PROVIDERS, config_default
 
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        reexec_with_fast_allocator(argv)
         args.func(args)
     except (BitstreamError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"icmh: error: {exc}", file=sys.stderr)

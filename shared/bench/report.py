@@ -25,6 +25,8 @@ from typing import Any
 
 import matplotlib
 
+from icmh.allocator import allocator_in_use
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -163,7 +165,8 @@ def run_metadata(command: str, image_count: int, threads: int, extra: dict[str, 
         **source_state(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch_threads": threads,
-                    "analysis_precision": analysis_precision_in_use(), "exact_kernel": exact_kernel_in_use()},
+                    "analysis_precision": analysis_precision_in_use(), "exact_kernel": exact_kernel_in_use(),
+                    "allocator": allocator_in_use()},
         "versions": package_versions(),
         "tool_versions": tool_versions(),
         **(extra or {}),
