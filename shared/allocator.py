@@ -10,7 +10,7 @@ allocator does not change arithmetic).
 
 An allocator can only be chosen before a process starts, so the command-line entry points (``icmh``,
 ``icmh-cloud``, ``icmh-edge``) re-execute themselves once with tcmalloc preloaded (:func:`reexec_with_fast_allocator`)
-and processes the project starts get it in their environment (:func:`with_fast_allocator`).
+(:func:`with_fast_allocator` gives the environment; the processes they start inherit it).
 ``ICMH_ALLOCATOR=system`` keeps glibc's malloc; without tcmalloc installed nothing changes.
 """
 
@@ -46,8 +46,9 @@ def allocator_in_use() -> str:
     return "tcmalloc" if "libtcmalloc" in maps else "system"
 
 
-def _wanted() -> bool:
-    choice = os.environ.get(ALLOCATOR_ENV, "tcmalloc")
+def _wanted(env: Mapping[str, str]) -> bool:
+    """Whether ``env`` asks for tcmalloc (the default); an unknown choice is refused."""
+    choice = env.get(ALLOCATOR_ENV, "tcmalloc")
     if choice not in ("tcmalloc", "system"):
         raise ValueError(f"{ALLOCATOR_ENV} must be tcmalloc or system, got {choice!r}")
     return choice == "tcmalloc"
@@ -57,7 +58,7 @@ def with_fast_allocator(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` for a child process, with tcmalloc preloaded when it is installed and wanted."""
     out = dict(env)
     path = tcmalloc_path()
-    if path is None or out.get(ALLOCATOR_ENV, "tcmalloc") != "tcmalloc":
+    if path is None or not _wanted(out):
         return out
     preload = [p for p in out.get("LD_PRELOAD", "").split() if p]
     if path not in preload:
@@ -68,7 +69,7 @@ def with_fast_allocator(env: Mapping[str, str]) -> dict[str, str]:
 def reexec_with_fast_allocator(argv: list[str] | None) -> None:
     """Re-execute this command with tcmalloc preloaded, once, when run as a command (``argv`` None: an entry point
     called with explicit arguments, as tests do, runs in the calling process as it is)."""
-    if argv is not None or os.environ.get(REEXEC_ENV) or allocator_in_use() == "tcmalloc" or not _wanted():
+    if argv is not None or os.environ.get(REEXEC_ENV) or allocator_in_use() == "tcmalloc" or not _wanted(os.environ):
         return
     if tcmalloc_path() is None:
         return

@@ -593,7 +593,7 @@ MODEL_REGISTRY: dict[str, tuple[Callable[..., ChannelARCodec], dict[str, Any]]] 
          "spatial_context": 128, "latent_block": 128, "synthesis_features": 8},
     ),
     # pr-icmh-cb4 with a deeper entropy model (session 19): a residual block (hidden 64, two exact 3x3 convolutions at
-    # 1/16 resolution) after h_s, after the machine context c(ŷ_m) and after each slice's channel context (+1.7 k
+    # 1/16 resolution) after h_s, after the machine context c(ŷ_m) and after each slice's channel context (+2.6 k
     # MAC/pixel on each side; transforms unchanged). Warm-started from pr-icmh-cb4 the blocks are identities, so it
     # codes exactly that codec's bits; ``icmh train --entropy-only`` then trains the entropy model alone
     "pr-icmh-cb4e": (
