@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from icmh.bench.bits import SPATIAL_CONTEXT, measure, switched_off, symbol_bits
+from icmh.bench.bits import SPATIAL_CONTEXT, base_side, measure, switched_off, symbol_bits
 from icmh.codec.models import build_model, machine_side
 from icmh.codec.rate import rate_to_index
 from tests.test_codec import synthetic_photo
@@ -19,7 +19,8 @@ def test_bits_split_matches_the_coder_and_the_ablation_restores_the_layer() -> N
     for model in (base, residual):
         model.update(force=True)
     image = synthetic_photo(256, 320)
-    ideal = symbol_bits(base, residual, image, 0.5, 0.5)
+    coded_residual = base_side(base, residual, image, 0.5)
+    ideal = symbol_bits(residual, coded_residual, 0.5)
     x, q = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, torch.tensor([rate_to_index(0.5)])
     with torch.no_grad():
         coded = base.compress(x, q)
@@ -36,7 +37,7 @@ def test_bits_split_matches_the_coder_and_the_ablation_restores_the_layer() -> N
     assert rows["without_spatial_context"]["bpp"] != rows["bpp"]
     with switched_off(residual, SPATIAL_CONTEXT) as touched:
         assert touched == residual.coded_slices
-        without = symbol_bits(base, residual, image, 0.5, 0.5)["y"]
+        without = symbol_bits(residual, coded_residual, 0.5)["y"]
     anchors = (torch.arange(without.shape[1])[:, None] + torch.arange(without.shape[2])[None]) % 2 == 0
     first = residual.slice_channels  # the first slice's anchors see no spatial context (later slices see its ŷ)
     assert torch.equal(without[:first, anchors], ideal["y"][:first, anchors])

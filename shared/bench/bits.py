@@ -1,5 +1,5 @@
 """Where a PR residual layer's bits go (``icmh bench bits``): per slice, anchors against non-anchors, the
-hyper-latent, and how much each context of its entropy model saves.
+hyper-latent, and what its spatial (checkerboard) context saves.
 
 On the images of a set (default bsds500/val, the training runs' monitor), the base layer at ``--base-rate`` and
 the PR layer at each rate run in eval mode, so each checkerboard slice is modelled in the coder's two passes; the
@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from icmh.codec.exact import exact_arithmetic
 from icmh.codec.models import ChannelARCodec, ConditionalResidualCodec, machine_side
 from icmh.codec.rate import rate_to_index
 from icmh.codec.weights import LAYER_FILES, SHIPPED_DIR, load_layer
 from icmh.media import read_rgb
+from icmh.training.data import load_training_set
 
 from .datasets import list_images, traffic_test_frames
 from .report import figure, run_metadata, save_figure, write_json
@@ -37,8 +38,8 @@ SPATIAL_CONTEXT = "context_prediction"  # the module-path component of the check
 
 def load_images(shared: Path, dataset: str, limit: int | None) -> list[np.ndarray]:
     """RGB images of ``dataset`` (one of :data:`DATASETS`), the first ``limit`` of them."""
-    if dataset == "bsds500-val":
-        return [read_rgb(p) for p in list_images(shared / "data" / "bsds500" / "val", limit)]
+    if dataset == "bsds500-val":  # the training runs' monitor images
+        return [s.image for s in load_training_set(shared, held_out=True).samples][:limit]
     if dataset == "kodak":
         return [read_rgb(p) for p in list_images(shared / "data" / "kodak", limit)]
     if dataset == "traffic_cams":
@@ -65,17 +66,26 @@ def switched_off(model: nn.Module, part: str) -> Iterator[int]:
                     p.copy_(value)
 
 
-def symbol_bits(base: ChannelARCodec, residual: ConditionalResidualCodec, image: np.ndarray, base_rate: float,
-                rate: float) -> dict[str, Any]:
-    """Ideal code lengths of one image's PR layer: ``y`` bits per channel and position ``(C, H, W)``, ``z`` bits."""
+def base_side(base: ChannelARCodec, residual: ConditionalResidualCodec, image: np.ndarray,
+              base_rate: float) -> tuple[Tensor, tuple[Tensor, ...], int]:
+    """What the PR layer codes for ``image`` over the base at ``base_rate``: ``x - x̂_m``, its side inputs (x̂_m,
+    ŷ_m) and the pixel count; the same at every residual rate, so computed once per image."""
     h, w = image.shape[0] // 64 * 64, image.shape[1] // 64 * 64  # whole latent positions, as the coder pads
     x = torch.from_numpy(np.ascontiguousarray(image[:h, :w])).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad(), exact_arithmetic(False):
         b = base(x, torch.tensor([rate_to_index(base_rate)]))
-        x_m = b["x_hat"].clamp(0, 1)
-        likelihoods = residual.likelihoods(x - x_m, torch.tensor([rate_to_index(rate)]),
-                                           *machine_side(residual, x_m, b["y_hat"]))
-    return {"y": -torch.log2(likelihoods["y"][0]), "z": float(-torch.log2(likelihoods["z"]).sum()), "pixels": h * w}
+    x_m = b["x_hat"].clamp(0, 1)
+    return x - x_m, machine_side(residual, x_m, b["y_hat"]), h * w
+
+
+def symbol_bits(residual: ConditionalResidualCodec, coded: tuple[Tensor, tuple[Tensor, ...], int],
+                rate: float) -> dict[str, Any]:
+    """Ideal code lengths of one image's PR layer (``coded`` from :func:`base_side`): ``y`` bits per channel and
+    position ``(C, H, W)``, ``z`` bits."""
+    x_d, side, pixels = coded
+    with torch.no_grad(), exact_arithmetic(False):
+        likelihoods = residual.likelihoods(x_d, torch.tensor([rate_to_index(rate)]), *side)
+    return {"y": -torch.log2(likelihoods["y"][0]), "z": float(-torch.log2(likelihoods["z"]).sum()), "pixels": pixels}
 
 
 def split(bits: Sequence[dict[str, Any]], slices: int, checkerboard: bool) -> dict[str, Any]:
@@ -101,10 +111,11 @@ def measure(base: ChannelARCodec, residual: ConditionalResidualCodec, images: Se
             rates: Sequence[float]) -> dict[str, Any]:
     """The split at every rate and, with a checkerboard, the bpp without the spatial context (and its extra %)."""
     checkerboard = bool(residual.spatial_context)
+    coded = [base_side(base, residual, image, base_rate) for image in images]
     rows = {}
+
     def bpp_split(rate: float) -> dict[str, Any]:
-        return split([symbol_bits(base, residual, im, base_rate, rate) for im in images], residual.coded_slices,
-                     checkerboard)
+        return split([symbol_bits(residual, c, rate) for c in coded], residual.coded_slices, checkerboard)
 
     for rate in rates:
         row = bpp_split(rate)

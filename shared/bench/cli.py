@@ -258,8 +258,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     x.add_argument("--traffic-frames", type=int, default=6, help="frames taken from each traffic video")
     x.set_defaults(func=cmd_lossless)
 
-    b = sub.add_parser("bits", help="where the PR layer's bits go: per slice and pass, and what each context of its "
-                                    "entropy model saves")
+    b = sub.add_parser("bits", help="where the PR layer's bits go: per slice and checkerboard pass, and what its "
+                                    "spatial context saves")
     common(b, "0,0.5,1", codecs=False)
     b.add_argument("--dataset", choices=("bsds500-val", "kodak", "traffic_cams"), default="bsds500-val",
                    help="images (default: bsds500/val, the training runs' monitor)")
